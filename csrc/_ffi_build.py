@@ -1,0 +1,82 @@
+"""cffi build script for the oxboot C core (API mode, compiled at install).
+
+The cdef below mirrors ``oxboot.h``; ``oxboot._core`` is the compiled module
+and ``oxboot._native`` the typed layer above it.
+"""
+
+from __future__ import annotations
+
+import os
+
+from cffi import FFI
+
+CDEF = """
+typedef struct ox_sha256_ctx ox_sha256_ctx;
+ox_sha256_ctx *ox_sha256_new(void);
+int ox_sha256_update(ox_sha256_ctx *ctx, const uint8_t *buf, size_t len);
+int ox_sha256_final(ox_sha256_ctx *ctx, uint8_t *out);
+void ox_sha256_free(ox_sha256_ctx *ctx);
+int ox_sha256(const uint8_t *buf, size_t len, uint8_t *out);
+
+long ox_build_data(uint8_t *out, size_t cap, const uint8_t *dst,
+                   const uint8_t *src, const uint8_t *image,
+                   uint64_t image_size, uint64_t offset, uint32_t chunk);
+
+typedef struct {
+    uint64_t frames;
+    uint64_t bytes;
+    uint64_t syscalls;
+    int32_t last_errno;
+} ox_tx_stats;
+
+#define OX_TX_SENDMMSG 0
+#define OX_TX_SEND 1
+
+long ox_tx_data(int fd, int method, const uint8_t *dst, const uint8_t *src,
+                const uint8_t *image, uint64_t image_size,
+                const uint64_t *offsets, size_t n, uint32_t chunk,
+                ox_tx_stats *stats);
+
+typedef struct {
+    uint64_t frames;
+    uint64_t data_ok;
+    uint64_t data_stray;
+    uint64_t bad;
+    uint64_t bytes;
+    uint64_t eof;
+    uint64_t padded;
+} ox_rx_stats;
+
+long ox_rx_data(int fd, const uint8_t *server, uint8_t *ram,
+                uint64_t ram_len, uint64_t *slot_offsets, uint8_t *slot_busy,
+                uint32_t *busy_count, uint8_t *other, size_t other_cap,
+                size_t *other_len, size_t max_frames, ox_rx_stats *stats);
+
+long ox_parse_data(const uint8_t *frame, size_t len, uint64_t *offset,
+                   int *exact);
+"""
+
+# OXBOOT_SANITIZE=1 builds the core with AddressSanitizer and UBSan, for CI.
+_sanitize = os.environ.get("OXBOOT_SANITIZE") == "1"
+_cflags = ["-O2", "-std=c11", "-Wall", "-Wextra", "-Wno-unused-parameter"]
+_lflags: list[str] = []
+if _sanitize:
+    _cflags += ["-O1", "-g", "-fno-omit-frame-pointer",
+                "-fsanitize=address,undefined", "-fno-sanitize-recover=undefined"]
+    _lflags += ["-fsanitize=address,undefined"]
+
+ffibuilder = FFI()
+ffibuilder.cdef(CDEF)
+ffibuilder.set_source(
+    "oxboot._core",
+    '#include "oxboot.h"',
+    # Paths are relative to the project root, where setuptools runs this.
+    sources=["csrc/oxboot.c"],
+    include_dirs=["csrc"],
+    libraries=["crypto"],
+    extra_compile_args=_cflags,
+    extra_link_args=_lflags,
+)
+
+if __name__ == "__main__":
+    ffibuilder.compile(verbose=True)

@@ -1,0 +1,352 @@
+/* oxboot C core; see oxboot.h for the contract of each function. */
+#define _GNU_SOURCE
+#include "oxboot.h"
+
+#include <errno.h>
+#include <poll.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+#include <linux/if_packet.h>
+#include <openssl/evp.h>
+
+/* ---- SHA-256 ---------------------------------------------------------- */
+
+struct ox_sha256_ctx {
+    EVP_MD_CTX *md;
+};
+
+ox_sha256_ctx *ox_sha256_new(void)
+{
+    ox_sha256_ctx *ctx = OPENSSL_zalloc(sizeof(*ctx));
+    if (ctx == NULL)
+        return NULL;
+    ctx->md = EVP_MD_CTX_new();
+    if (ctx->md == NULL || EVP_DigestInit_ex(ctx->md, EVP_sha256(), NULL) != 1) {
+        EVP_MD_CTX_free(ctx->md);
+        OPENSSL_free(ctx);
+        return NULL;
+    }
+    return ctx;
+}
+
+int ox_sha256_update(ox_sha256_ctx *ctx, const uint8_t *buf, size_t len)
+{
+    if (ctx == NULL || (buf == NULL && len != 0))
+        return -1;
+    return EVP_DigestUpdate(ctx->md, buf, len) == 1 ? 0 : -1;
+}
+
+int ox_sha256_final(ox_sha256_ctx *ctx, uint8_t *out)
+{
+    unsigned int outlen = 0;
+    if (ctx == NULL || out == NULL)
+        return -1;
+    if (EVP_DigestFinal_ex(ctx->md, out, &outlen) != 1 || outlen != 32)
+        return -1;
+    return 0;
+}
+
+void ox_sha256_free(ox_sha256_ctx *ctx)
+{
+    if (ctx == NULL)
+        return;
+    EVP_MD_CTX_free(ctx->md);
+    OPENSSL_free(ctx);
+}
+
+int ox_sha256(const uint8_t *buf, size_t len, uint8_t *out)
+{
+    unsigned int outlen = 0;
+    if ((buf == NULL && len != 0) || out == NULL)
+        return -1;
+    if (EVP_Digest(buf, len, out, &outlen, EVP_sha256(), NULL) != 1 || outlen != 32)
+        return -1;
+    return 0;
+}
+
+/* ---- Frames ----------------------------------------------------------- */
+
+static void put_be32(uint8_t *p, uint32_t v)
+{
+    p[0] = (uint8_t)(v >> 24);
+    p[1] = (uint8_t)(v >> 16);
+    p[2] = (uint8_t)(v >> 8);
+    p[3] = (uint8_t)v;
+}
+
+static void put_be64(uint8_t *p, uint64_t v)
+{
+    put_be32(p, (uint32_t)(v >> 32));
+    put_be32(p + 4, (uint32_t)v);
+}
+
+static uint32_t get_be32(const uint8_t *p)
+{
+    return ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) |
+           ((uint32_t)p[2] << 8) | (uint32_t)p[3];
+}
+
+static uint64_t get_be64(const uint8_t *p)
+{
+    return ((uint64_t)get_be32(p) << 32) | (uint64_t)get_be32(p + 4);
+}
+
+/* The zeros a short final chunk is padded with (see PROTOCOL.md, 3a). */
+static const uint8_t zero_pad[OX_MIN_DATA_PAYLOAD];
+
+/*
+ * What to send for `offset`: `take` bytes of image, then `pad` zero bytes.
+ * Offsets at or past the end get a zero-length DATA (end of image).
+ */
+static void data_extent(uint64_t image_size, uint64_t offset, uint32_t chunk,
+                        uint32_t *take, uint32_t *pad)
+{
+    uint64_t left = offset < image_size ? image_size - offset : 0;
+    *take = left < chunk ? (uint32_t)left : chunk;
+    *pad = (*take > 0 && *take < OX_MIN_DATA_PAYLOAD) ? OX_MIN_DATA_PAYLOAD - *take : 0;
+}
+
+static void data_header(uint8_t *h, const uint8_t *dst, const uint8_t *src,
+                        uint64_t offset, uint32_t payload)
+{
+    memcpy(h, dst, 6);
+    memcpy(h + 6, src, 6);
+    h[12] = (uint8_t)(OX_ETHERTYPE >> 8);
+    h[13] = (uint8_t)OX_ETHERTYPE;
+    put_be32(h + 14, OX_MAGIC);
+    put_be32(h + 18, OX_T_DATA);
+    put_be32(h + 22, 8 + payload);
+    put_be64(h + 26, offset);
+}
+
+long ox_build_data(uint8_t *out, size_t cap, const uint8_t *dst,
+                   const uint8_t *src, const uint8_t *image,
+                   uint64_t image_size, uint64_t offset, uint32_t chunk)
+{
+    uint32_t take, pad;
+    if (out == NULL || dst == NULL || src == NULL || chunk == 0 ||
+        chunk > OX_MAX_DATA || (image == NULL && image_size != 0))
+        return -1;
+    data_extent(image_size, offset, chunk, &take, &pad);
+    if (cap < (size_t)OX_DATA_HLEN + take + pad)
+        return -1;
+    data_header(out, dst, src, offset, take + pad);
+    if (take)
+        memcpy(out + OX_DATA_HLEN, image + offset, take);
+    if (pad)
+        memset(out + OX_DATA_HLEN + take, 0, pad);
+    return (long)(OX_DATA_HLEN + take + pad);
+}
+
+/* Wait until the socket can take more frames; the kernel said ENOBUFS or
+ * EAGAIN because a queue was full, and the frames must not be dropped. */
+static void wait_writable(int fd)
+{
+    struct pollfd p = {.fd = fd, .events = POLLOUT};
+    (void)poll(&p, 1, 5);
+}
+
+long ox_tx_data(int fd, int method, const uint8_t *dst, const uint8_t *src,
+                const uint8_t *image, uint64_t image_size,
+                const uint64_t *offsets, size_t n, uint32_t chunk,
+                ox_tx_stats *stats)
+{
+    uint8_t hdr[OX_MAX_BATCH][OX_DATA_HLEN];
+    struct iovec iov[OX_MAX_BATCH][3];
+    struct mmsghdr msg[OX_MAX_BATCH];
+    size_t done = 0;
+    int stalls = 0;
+
+    if (stats == NULL || dst == NULL || src == NULL ||
+        (offsets == NULL && n != 0) || chunk == 0 || chunk > OX_MAX_DATA ||
+        (image == NULL && image_size != 0))
+        return -1;
+    stats->last_errno = 0;
+
+    while (done < n) {
+        size_t batch = n - done < OX_MAX_BATCH ? n - done : OX_MAX_BATCH;
+        size_t i;
+        for (i = 0; i < batch; i++) {
+            uint64_t off = offsets[done + i];
+            uint32_t take, pad;
+            int k = 0;
+            data_extent(image_size, off, chunk, &take, &pad);
+            data_header(hdr[i], dst, src, off, take + pad);
+            iov[i][k].iov_base = hdr[i];
+            iov[i][k++].iov_len = OX_DATA_HLEN;
+            if (take) {
+                /* image + off is in bounds: take > 0 implies off < image_size
+                 * and off + take <= image_size. */
+                iov[i][k].iov_base = (void *)(image + off);
+                iov[i][k++].iov_len = take;
+            }
+            if (pad) {
+                iov[i][k].iov_base = (void *)zero_pad;
+                iov[i][k++].iov_len = pad;
+            }
+            memset(&msg[i], 0, sizeof(msg[i]));
+            msg[i].msg_hdr.msg_iov = iov[i];
+            msg[i].msg_hdr.msg_iovlen = (size_t)k;
+        }
+
+        size_t sent = 0;
+        while (sent < batch) {
+            int r;
+            if (method == OX_TX_SEND) {
+                r = (int)sendmsg(fd, &msg[sent].msg_hdr, 0);
+                if (r >= 0) {
+                    msg[sent].msg_len = (unsigned int)r;
+                    r = 1;
+                }
+            } else {
+                r = sendmmsg(fd, &msg[sent], (unsigned int)(batch - sent), 0);
+            }
+            stats->syscalls++;
+            if (r < 0) {
+                if (errno == EINTR)
+                    continue;
+                if ((errno == ENOBUFS || errno == EAGAIN) && stalls < 100000) {
+                    stalls++;
+                    wait_writable(fd);
+                    continue;
+                }
+                stats->last_errno = errno;
+                return -1;
+            }
+            for (int j = 0; j < r; j++)
+                stats->bytes += msg[sent + (size_t)j].msg_len;
+            stats->frames += (uint64_t)r;
+            sent += (size_t)r;
+        }
+        done += batch;
+    }
+    return (long)done;
+}
+
+/* ---- Client receive --------------------------------------------------- */
+
+long ox_parse_data(const uint8_t *frame, size_t len, uint64_t *offset,
+                   int *exact)
+{
+    uint32_t plen;
+    if (frame == NULL || offset == NULL || exact == NULL || len < OX_DATA_HLEN)
+        return -1;
+    if (frame[12] != (uint8_t)(OX_ETHERTYPE >> 8) || frame[13] != (uint8_t)OX_ETHERTYPE)
+        return -1;
+    if (get_be32(frame + 14) != OX_MAGIC || get_be32(frame + 18) != OX_T_DATA)
+        return -1;
+    plen = get_be32(frame + 22);
+    /* plen is attacker-controlled: compare without overflowing. */
+    if (plen < 8 || plen > 8 + OX_MAX_DATA)
+        return -1;
+    if ((size_t)plen > len - (OX_ETH_HLEN + OX_HDR_LEN))
+        return -1;
+    *offset = get_be64(frame + 26);
+    *exact = ((size_t)plen == len - (OX_ETH_HLEN + OX_HDR_LEN));
+    return (long)(plen - 8);
+}
+
+#define RX_BATCH 64
+#define RX_FRAME 2048
+
+long ox_rx_data(int fd, const uint8_t *server, uint8_t *ram,
+                uint64_t ram_len, uint64_t *slot_offsets, uint8_t *slot_busy,
+                uint32_t *busy_count, uint8_t *other, size_t other_cap,
+                size_t *other_len, size_t max_frames, ox_rx_stats *stats)
+{
+    static __thread uint8_t buf[RX_BATCH][RX_FRAME];
+    struct iovec iov[RX_BATCH];
+    struct mmsghdr msg[RX_BATCH];
+    struct sockaddr_ll from[RX_BATCH];
+    size_t total = 0;
+
+    if (server == NULL || (ram == NULL && ram_len != 0) || slot_offsets == NULL ||
+        slot_busy == NULL || busy_count == NULL || other_len == NULL ||
+        stats == NULL || (other == NULL && other_cap != 0))
+        return -1;
+    *other_len = 0;
+
+    while (total < max_frames) {
+        size_t want = max_frames - total < RX_BATCH ? max_frames - total : RX_BATCH;
+        for (size_t i = 0; i < want; i++) {
+            iov[i].iov_base = buf[i];
+            iov[i].iov_len = RX_FRAME;
+            memset(&msg[i], 0, sizeof(msg[i]));
+            msg[i].msg_hdr.msg_iov = &iov[i];
+            msg[i].msg_hdr.msg_iovlen = 1;
+            msg[i].msg_hdr.msg_name = &from[i];
+            msg[i].msg_hdr.msg_namelen = sizeof(from[i]);
+        }
+        int r = recvmmsg(fd, msg, (unsigned int)want, MSG_DONTWAIT, NULL);
+        if (r < 0) {
+            if (errno == EINTR)
+                continue;
+            if (errno == EAGAIN)
+                break;
+            return -1;
+        }
+        if (r == 0)
+            break;
+        for (int i = 0; i < r; i++) {
+            const uint8_t *f = buf[i];
+            size_t flen = msg[i].msg_len;
+            uint64_t off = 0;
+            int exact = 0;
+            long n;
+            total++;
+            stats->frames++;
+            if (from[i].sll_pkttype == PACKET_OUTGOING)
+                continue;
+            if ((msg[i].msg_hdr.msg_flags & MSG_TRUNC) || flen > RX_FRAME ||
+                flen < OX_ETH_HLEN + OX_HDR_LEN) {
+                stats->bad++;
+                continue;
+            }
+            n = memcmp(f + 6, server, 6) == 0 ? ox_parse_data(f, flen, &off, &exact) : -1;
+            if (n < 0 || !exact) {
+                /* Not a well-formed DATA from our server: a padded DATA (the
+                 * OS panics on it), OFFER, RESET or a stranger's frame. Let
+                 * Python decide; stop here so frames stay in order. */
+                if (n >= 0)
+                    stats->padded++;
+                if (other != NULL && *other_len == 0 && flen <= other_cap) {
+                    memcpy(other, f, flen);
+                    *other_len = flen;
+                } else {
+                    stats->bad++;
+                }
+                continue;
+            }
+            int slot = -1;
+            for (int s = 0; s < OX_SLOTS; s++) {
+                if (slot_busy[s] && slot_offsets[s] == off) {
+                    slot = s;
+                    break;
+                }
+            }
+            if (slot < 0) {
+                stats->data_stray++;
+                continue;
+            }
+            slot_busy[slot] = 0;
+            if (*busy_count > 0)
+                (*busy_count)--;
+            stats->data_ok++;
+            if (n == 0) {
+                stats->eof++;
+                continue;
+            }
+            if (off < ram_len) {
+                uint64_t room = ram_len - off;
+                size_t m = (uint64_t)n < room ? (size_t)n : (size_t)room;
+                memcpy(ram + off, f + OX_DATA_HLEN, m);
+                stats->bytes += m;
+            }
+        }
+        /* Hand a non-DATA frame to Python before reading further. */
+        if ((size_t)r < want || *other_len != 0)
+            break;
+    }
+    return (long)total;
+}

@@ -1,0 +1,58 @@
+"""Typed Python API over the cffi C core (``oxboot._core``).
+
+cffi releases the GIL around every C call, so the functions here run in
+parallel with other Python threads (compressors, readers, writers).
+"""
+
+from __future__ import annotations
+
+import mmap
+from typing import TypeAlias
+
+from oxboot._core import ffi, lib  # type: ignore[import-not-found]
+
+Buffer: TypeAlias = bytes | bytearray | memoryview | mmap.mmap
+
+__all__ = ["Buffer", "Sha256", "sha256", "ffi", "lib"]
+
+
+def _ptr(buf: Buffer) -> object:
+    return ffi.from_buffer("uint8_t[]", buf)
+
+
+class Sha256:
+    """Streaming SHA-256 through OpenSSL (hardware SHA where the CPU has it)."""
+
+    __slots__ = ("_ctx",)
+
+    def __init__(self, data: Buffer | None = None) -> None:
+        ctx = lib.ox_sha256_new()
+        if ctx == ffi.NULL:
+            raise MemoryError("cannot create a SHA-256 context")
+        self._ctx = ffi.gc(ctx, lib.ox_sha256_free)
+        if data is not None:
+            self.update(data)
+
+    def update(self, data: Buffer) -> None:
+        view = memoryview(data)
+        if view.nbytes and lib.ox_sha256_update(self._ctx, _ptr(view), view.nbytes) != 0:
+            raise RuntimeError("SHA-256 update failed")
+
+    def digest(self) -> bytes:
+        out = ffi.new("uint8_t[32]")
+        if lib.ox_sha256_final(self._ctx, out) != 0:
+            raise RuntimeError("SHA-256 final failed")
+        return bytes(ffi.buffer(out))
+
+    def hexdigest(self) -> str:
+        return self.digest().hex()
+
+
+def sha256(data: Buffer) -> bytes:
+    """One-shot SHA-256 of a buffer (bytes, bytearray, mmap, memoryview)."""
+    view = memoryview(data)
+    out = ffi.new("uint8_t[32]")
+    src = _ptr(view) if view.nbytes else ffi.NULL
+    if lib.ox_sha256(src, view.nbytes, out) != 0:
+        raise RuntimeError("SHA-256 failed")
+    return bytes(ffi.buffer(out))

@@ -1,0 +1,77 @@
+"""What every command shares: error reporting and signal handling.
+
+Errors are one line on stderr, ``Error: <message>``, with exit status 1,
+as the original tools print them; never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+from collections.abc import Callable, Sequence
+from typing import NoReturn
+
+from oxboot.format import ImageError
+
+
+class UsageError(Exception):
+    """Bad command-line arguments."""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but errors are one ``Error:`` line and exit status 1."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(message)
+
+
+class Terminated(BaseException):
+    """SIGTERM arrived: unwind like Ctrl-C so temporary files are removed."""
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    raise Terminated()
+
+
+def fail(message: str, status: int = 1) -> int:
+    sys.stderr.write(f"Error: {message}\n")
+    sys.stderr.flush()
+    return status
+
+
+def warn(message: str) -> None:
+    sys.stderr.write(f"warning: {message}\n")
+    sys.stderr.flush()
+
+
+def emit_json(obj: object) -> None:
+    sys.stdout.write(json.dumps(obj, sort_keys=True) + "\n")
+    sys.stdout.flush()
+
+
+def run(parser: Parser, body: Callable[[argparse.Namespace], int],
+        argv: Sequence[str] | None) -> int:
+    """Parse `argv` and run `body`, turning every failure into one line."""
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        try:
+            args = parser.parse_args(argv)
+        except UsageError as e:
+            return fail(str(e))
+        return body(args)
+    except ImageError as e:
+        return fail(str(e))
+    except UsageError as e:
+        return fail(str(e))
+    except KeyboardInterrupt:
+        return fail("interrupted", 130)
+    except Terminated:
+        return fail("terminated", 143)
+    except BrokenPipeError:
+        return 1
+    except OSError as e:
+        return fail(f"{e.filename + ': ' if e.filename else ''}{e.strerror or e}")
+    finally:
+        signal.signal(signal.SIGTERM, previous)

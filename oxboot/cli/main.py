@@ -1,0 +1,47 @@
+"""oxboot: one entry point, one subcommand per program."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from collections.abc import Sequence
+
+# subcommand -> (module, one-line summary); modules load only when used, so
+# that a quick lookimage does not pay for the boot server's imports.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "mkimage": ("oxboot.cli.mkimage", "build a boot image from a raw image"),
+    "lookimage": ("oxboot.cli.lookimage", "show a boot image's header, verify its data"),
+    "extract": ("oxboot.cli.extract", "write the raw image out of a boot image, verified"),
+    "bootserver": ("oxboot.cli.bootserver", "serve images to sleds over raw Ethernet"),
+    "netboot": ("oxboot.cli.netboot", "boot like a sled: fetch and verify an image"),
+    "demo": ("oxboot.cli.demo", "build, serve and netboot an image over a veth pair"),
+}
+
+
+def usage() -> str:
+    lines = ["usage: oxboot COMMAND [ARGS...]", "", "commands:"]
+    lines += [f"  {name:<11} {summary}" for name, (_, summary) in COMMANDS.items()]
+    lines += ["", "Run 'oxboot COMMAND --help' for a command's options."]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help"):
+        sys.stdout.write(usage())
+        return 0 if args else 1
+    if args[0] == "--version":
+        from oxboot import __version__
+
+        sys.stdout.write(f"oxboot {__version__}\n")
+        return 0
+    entry = COMMANDS.get(args[0])
+    if entry is None:
+        sys.stderr.write(f"Error: unknown command {args[0]!r}\n" + usage())
+        return 1
+    module = importlib.import_module(entry[0])
+    return int(module.main(args[1:], prog=f"oxboot {args[0]}"))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

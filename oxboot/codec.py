@@ -1,0 +1,258 @@
+"""Compression codecs for the data region: none, zlib (parallel) and zstd.
+
+zlib output is always **one ordinary zlib stream**, because the OS inflates
+it with plain zlib. To use every core anyway it follows pigz: the input is
+cut into blocks compressed independently, each primed with the 32 KiB that
+precede it as a preset dictionary (so matches may still reach back across
+the cut), and ended with a sync flush so the raw deflate pieces concatenate
+into one valid stream. An empty final block, then the Adler-32 of the whole
+input, close the stream.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import zlib
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import BinaryIO, Protocol
+
+from oxboot.format import Codec, ImageError
+
+#: Fastest zlib level whose output stays within 0.5% of the original
+#: mkimage's (miniz level 9) on the benchmark data: see bench/codec_survey.md.
+DEFAULT_ZLIB_LEVEL = 6
+DEFAULT_ZSTD_LEVEL = 6
+ZLIB_LEVELS = range(1, 10)
+ZSTD_LEVELS = range(1, 20)
+#: Input block each compressor thread takes: large enough that the cut
+#: costs well under 0.1% of ratio, small enough to keep all cores busy.
+BLOCK = 1 << 20
+WINDOW = 32 * 1024
+#: Output size bound while inflating: memory stays flat for any image.
+INFLATE_STEP = 4 << 20
+
+Sink = Callable[[bytes | memoryview], None]
+
+
+def default_threads() -> int:
+    """Every core this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def _deflate_module():  # noqa: ANN202 - a module object
+    # zlib-ng writes the same format about twice as fast as zlib; fall back
+    # to the standard library where the wheel is not available.
+    try:
+        from zlib_ng import zlib_ng
+    except ImportError:  # pragma: no cover - depends on the platform
+        return zlib
+    return zlib_ng
+
+
+def zlib_header(level: int) -> bytes:
+    """The 2-byte RFC 1950 header zlib writes for `level`."""
+    cmf = 0x78  # deflate, 32 KiB window
+    flevel = 0 if level < 2 else 1 if level < 6 else 2 if level == 6 else 3
+    flg = flevel << 6
+    flg += 31 - ((cmf << 8) + flg) % 31
+    return bytes((cmf, flg))
+
+
+class Encoder(Protocol):
+    """Takes raw blocks in order, hands encoded bytes to its sink in order."""
+
+    def feed(self, block: bytes | memoryview) -> None: ...
+    def finish(self) -> None: ...
+    def close(self) -> None: ...
+
+
+class Store:
+    """The identity codec: data is stored as it is."""
+
+    def __init__(self, sink: Sink) -> None:
+        self._sink = sink
+
+    def feed(self, block: bytes | memoryview) -> None:
+        self._sink(block)
+
+    def finish(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _deflate_block(mod, level: int, block: bytes, zdict: bytes) -> bytes:  # noqa: ANN001
+    # Raw deflate (wbits -15): the zlib header and trailer are added once
+    # for the whole stream.
+    c = mod.compressobj(level, zlib.DEFLATED, -15, 9, zlib.Z_DEFAULT_STRATEGY, zdict) \
+        if zdict else mod.compressobj(level, zlib.DEFLATED, -15, 9)
+    return c.compress(block) + c.flush(zlib.Z_SYNC_FLUSH)
+
+
+class ParallelZlib:
+    """pigz-style parallel zlib: one valid stream, every core busy."""
+
+    def __init__(self, sink: Sink, level: int = DEFAULT_ZLIB_LEVEL,
+                 threads: int | None = None) -> None:
+        if level not in ZLIB_LEVELS:
+            raise ImageError(f"zlib level must be 1..9, not {level}")
+        self._sink = sink
+        self._level = level
+        self._mod = _deflate_module()
+        self._threads = max(1, threads or default_threads())
+        self._pool = ThreadPoolExecutor(self._threads, thread_name_prefix="deflate")
+        self._pending: deque[Future[bytes]] = deque()
+        self._window = b""
+        self._adler = 1
+        self._sink(zlib_header(level))
+
+    def feed(self, block: bytes | memoryview) -> None:
+        block = bytes(block)
+        if not block:
+            return
+        self._adler = zlib.adler32(block, self._adler)
+        self._pending.append(
+            self._pool.submit(_deflate_block, self._mod, self._level, block, self._window)
+        )
+        self._window = (self._window + block)[-WINDOW:] if len(block) < WINDOW else block[-WINDOW:]
+        # Bounded memory: at most two blocks queued per thread.
+        while len(self._pending) > 2 * self._threads:
+            self._sink(self._pending.popleft().result())
+
+    def finish(self) -> None:
+        while self._pending:
+            self._sink(self._pending.popleft().result())
+        # An empty final fixed-Huffman block (BFINAL=1), then Adler-32.
+        self._sink(b"\x03\x00" + struct.pack(">I", self._adler))
+
+    def close(self) -> None:
+        for fut in self._pending:
+            fut.cancel()
+        self._pending.clear()
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+class Zstd:
+    """One zstd frame (oxboot extension), multi-threaded by libzstd."""
+
+    def __init__(self, sink: Sink, level: int = DEFAULT_ZSTD_LEVEL,
+                 threads: int | None = None, size: int | None = None) -> None:
+        import zstandard
+
+        if level not in ZSTD_LEVELS:
+            raise ImageError(f"zstd level must be 1..19, not {level}")
+        self._sink = sink
+        threads = max(1, threads or default_threads())
+        comp = zstandard.ZstdCompressor(
+            level=level, threads=threads if threads > 1 else 0,
+            write_content_size=size is not None, write_checksum=True,
+        )
+        self._obj = comp.compressobj(size=size if size is not None else -1)
+
+    def feed(self, block: bytes | memoryview) -> None:
+        out = self._obj.compress(block)
+        if out:
+            self._sink(out)
+
+    def finish(self) -> None:
+        self._sink(self._obj.flush())
+
+    def close(self) -> None:
+        pass
+
+
+def make_encoder(codec: Codec, sink: Sink, *, level: int | None = None,
+                 threads: int | None = None, size: int | None = None) -> Encoder:
+    if codec is Codec.ZLIB:
+        return ParallelZlib(sink, level or DEFAULT_ZLIB_LEVEL, threads)
+    if codec is Codec.ZSTD:
+        return Zstd(sink, level or DEFAULT_ZSTD_LEVEL, threads, size)
+    return Store(sink)
+
+
+# ---- decoding -----------------------------------------------------------
+
+
+class _Limited:
+    """A read-only file view of exactly `size` bytes of `f`."""
+
+    def __init__(self, f: BinaryIO, size: int, on_read: Callable[[int], None] | None) -> None:
+        self._f = f
+        self._left = size
+        self._on_read = on_read
+
+    def read(self, n: int = -1) -> bytes:
+        n = self._left if n < 0 else min(n, self._left)
+        data = self._f.read(n) if n else b""
+        self._left -= len(data)
+        if self._on_read is not None:
+            self._on_read(len(data))
+        return data
+
+    @property
+    def left(self) -> int:
+        return self._left
+
+
+def decode(codec: Codec, f: BinaryIO, data_size: int, image_size: int,
+           on_read: Callable[[int], None] | None = None,
+           step: int = INFLATE_STEP) -> Iterator[bytes]:
+    """Yield the raw image from `data_size` bytes of `f`, in bounded blocks.
+
+    Raises ImageError when the stream is corrupt, ends early, holds more
+    than `image_size` bytes or is followed by stray bytes.
+    """
+    src = _Limited(f, data_size, on_read)
+    if codec is Codec.ZLIB:
+        yield from _inflate(src, image_size, step)
+    elif codec is Codec.ZSTD:
+        yield from _unzstd(src, image_size, step)
+    else:
+        while chunk := src.read(step):
+            yield chunk
+
+
+def _inflate(src: _Limited, image_size: int, step: int) -> Iterator[bytes]:
+    d = _deflate_module().decompressobj()
+    produced = 0
+    try:
+        while not d.eof:
+            data = d.unconsumed_tail or src.read(1 << 20)
+            if not data:
+                raise ImageError("corrupt deflate stream (it ends early)")
+            out = d.decompress(data, step)
+            produced += len(out)
+            if produced > image_size:
+                raise ImageError(f"compressed data holds more than the image size of {image_size}")
+            if out:
+                yield out
+    except zlib.error as e:
+        raise ImageError(f"corrupt deflate stream ({e})") from None
+    except Exception as e:  # zlib_ng raises its own error type
+        if type(e).__name__ == "error":
+            raise ImageError(f"corrupt deflate stream ({e})") from None
+        raise
+    if d.unused_data or src.left:
+        raise ImageError("stray bytes after the end of the deflate stream")
+
+
+def _unzstd(src: _Limited, image_size: int, step: int) -> Iterator[bytes]:
+    import zstandard
+
+    produced = 0
+    try:
+        reader = zstandard.ZstdDecompressor().stream_reader(src, read_across_frames=True)
+        while chunk := reader.read(step):
+            produced += len(chunk)
+            if produced > image_size:
+                raise ImageError(f"compressed data holds more than the image size of {image_size}")
+            yield chunk
+    except zstandard.ZstdError as e:
+        raise ImageError(f"corrupt zstd stream ({e})") from None

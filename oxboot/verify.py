@@ -1,0 +1,178 @@
+"""lookimage and extract: read a boot image, check it, optionally write the
+raw image out.
+
+The data is read once. Decoding (zlib or zstd, GIL released) runs on the
+calling thread while SHA-256 (C core) and any output write run on their own
+threads, so a compressed image verifies in about the time of the slower of
+inflate and hash, not their sum.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from oxboot import codec as codecs
+from oxboot._native import Sha256
+from oxboot.format import HEADER_SIZE, Codec, Header, ImageError
+from oxboot.fsutil import AtomicFile, describe_os_error
+from oxboot.pipeline import Worker
+from oxboot.progress import Progress
+
+READ_BLOCK = 8 << 20
+
+
+@dataclass
+class VerifyResult:
+    """What :func:`verify_image` found."""
+
+    path: Path
+    header: Header
+    checked: bool  # False with skip_checksum: only the header was read
+    seconds: float
+    warnings: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "path": str(self.path),
+            "header": self.header.as_dict(),
+            "checksum_verified": self.checked,
+            "seconds": round(self.seconds, 6),
+            "warnings": self.warnings,
+        }
+
+
+def _open(path: str | os.PathLike[str]):  # noqa: ANN202 - a binary file
+    try:
+        return open(path, "rb")  # noqa: SIM115 - closed by the caller
+    except OSError as e:
+        raise ImageError(describe_os_error(e, path)) from None
+
+
+def read_header(path: str | os.PathLike[str]) -> Header:
+    """Parse the header of the image at `path` (no data is read)."""
+    with _open(path) as f:
+        try:
+            return Header.parse(f.read(HEADER_SIZE))
+        except OSError as e:
+            raise ImageError(describe_os_error(e, path)) from None
+
+
+def header_warnings(header: Header) -> list[str]:
+    out = []
+    if header.undefined_flags:
+        out.append(f"undefined flag bits {header.undefined_flags:#x} are ignored")
+    if header.codec is Codec.ZSTD:
+        out.append("zstd image (oxboot extension): the OS cannot boot it from disk")
+    return out
+
+
+def check_header(header: Header) -> None:
+    """Raise the first rule the header breaks (original's, then the OS's)."""
+    problems = header.problems()
+    if problems:
+        raise ImageError(problems[0])
+
+
+def verify_image(
+    path: str | os.PathLike[str],
+    *,
+    skip_checksum: bool = False,
+    output: str | os.PathLike[str] | None = None,
+    progress: bool | None = None,
+    header: Header | None = None,
+) -> VerifyResult:
+    """Check the image at `path` the way the OS and the original lookimage
+    do; with `output`, also write the raw image there (atomically, only if
+    it verifies). Raises :class:`ImageError` naming the first failed rule.
+    """
+    started = time.monotonic()
+    with _open(path) as f:
+        try:
+            if header is None:
+                header = Header.parse(f.read(HEADER_SIZE))
+            check_header(header)
+            if not skip_checksum or output is not None:
+                size = os.fstat(f.fileno()).st_size
+                have = size - HEADER_SIZE
+                if header.codec is Codec.NONE and have != header.data_size:
+                    # The original's words.
+                    raise ImageError(
+                        f"read {max(have, 0)} bytes of image, but header says there "
+                        f"should be {header.data_size}"
+                    )
+                if header.codec is not Codec.NONE and have < header.data_size:
+                    raise ImageError(
+                        f"file holds {max(have, 0)} bytes of data, but header says there "
+                        f"should be {header.data_size}"
+                    )
+                if header.codec is not Codec.NONE and have > header.data_size:
+                    raise ImageError(
+                        f"{have - header.data_size} stray bytes after the "
+                        f"{header.data_size} bytes of data"
+                    )
+                f.seek(HEADER_SIZE)
+                _check_data(f, header, output, progress)
+        except OSError as e:
+            raise ImageError(describe_os_error(e, path)) from None
+    return VerifyResult(
+        path=Path(path),
+        header=header,
+        checked=not skip_checksum or output is not None,
+        seconds=time.monotonic() - started,
+        warnings=header_warnings(header),
+    )
+
+
+def _check_data(f, header: Header, output: str | os.PathLike[str] | None,  # noqa: ANN001
+                progress: bool | None) -> None:
+    hasher = Sha256()
+    meter = Progress("verify", header.data_size, enabled=progress)
+    out = AtomicFile(output) if output is not None else None
+    produced = 0
+
+    def consume(block: bytes) -> None:
+        hasher.update(block)
+        if out is not None:
+            out.write_all(block)
+
+    worker: Worker[bytes] = Worker(consume, depth=4, name="sha256")
+    try:
+        blocks = codecs.decode(header.codec, f, header.data_size, header.image_size,
+                               on_read=meter.advance, step=READ_BLOCK)
+        for block in blocks:
+            produced += len(block)
+            worker.put(block)
+        worker.join()
+    except BaseException:
+        worker.abort()
+        if out is not None:
+            out.discard()
+        raise
+    finally:
+        meter.close()
+    try:
+        if produced != header.image_size:
+            raise ImageError(
+                f"data decodes to {produced} bytes, but header says there should be "
+                f"{header.image_size}"
+            )
+        digest = hasher.digest()
+        if digest != header.sha256:
+            # The original's words.
+            raise ImageError(
+                f"image sum {digest.hex()} does not match sum from header {header.sha256.hex()}"
+            )
+        if out is not None:
+            out.commit()
+    finally:
+        if out is not None:
+            out.__exit__(None, None, None)
+
+
+def extract_image(path: str | os.PathLike[str], output: str | os.PathLike[str],
+                  progress: bool | None = None) -> VerifyResult:
+    """Write the raw image held by `path` to `output`, verified, atomically."""
+    return verify_image(path, output=output, progress=progress)

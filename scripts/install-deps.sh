@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Install what oxboot, its tests and its demo need on a fresh Debian/Ubuntu
+# machine (run as root): system packages, then the package itself (editable,
+# which compiles the C core in place) with its test tools.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# iproute2: netns/veth; nftables: loss injection; netsniff-ng: trafgen (the
+# benchmark baseline); e2fsprogs: mke2fs -d for filesystem images; libssl-dev
+# and zlib1g-dev: headers for the C core; gcc: to compile it; util-linux: setpriv.
+PKGS=(gcc libssl-dev zlib1g-dev iproute2 nftables netsniff-ng e2fsprogs util-linux openssl)
+missing=()
+for p in "${PKGS[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+    echo "installing system packages: ${missing[*]}" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -q >/dev/null
+    apt-get install -y -q "${missing[@]}" >/dev/null
+fi
+
+PY=${PYTHON:-python3}
+"$PY" -m pip install -q --disable-pip-version-check --root-user-action=ignore \
+    "setuptools>=65" "cffi>=1.16"
+"$PY" -m pip install -q --disable-pip-version-check --root-user-action=ignore \
+    --no-build-isolation -e ".[test]"

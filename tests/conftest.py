@@ -1,0 +1,93 @@
+"""Shared fixtures: the golden vectors of the original tools, and helpers
+to run the commands the way a user does."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def vectors_source() -> Path:
+    env = os.environ.get("OXBOOT_VECTORS")
+    if env:
+        return Path(env)
+    return ROOT.parent / "shared" / "vectors"
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    import oxboot._core
+
+    core = Path(oxboot._core.__file__).resolve()
+    if SANITIZED and (not core.is_relative_to(ROOT) or b"__asan_init" not in core.read_bytes()):
+        raise pytest.UsageError(f"sanitizer run imported an uninstrumented C core: {core}")
+
+
+@pytest.fixture(scope="session")
+def vectors(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A writable copy of ../shared/vectors with the large inputs regenerated
+    by its own script (which checks them against the manifest)."""
+    src = vectors_source()
+    if not (src / "manifest.json").is_file():
+        pytest.fail(f"test vectors not found at {src} (set OXBOOT_VECTORS)")
+    dst = tmp_path_factory.mktemp("vectors")
+    shutil.copytree(src, dst, dirs_exist_ok=True)
+    for p in dst.iterdir():
+        p.chmod(0o644)
+    subprocess.run(
+        [sys.executable, "gen_raw.py", "--manifest", "manifest.json"],
+        cwd=dst, check=True, capture_output=True,
+    )
+    return dst
+
+
+@pytest.fixture(scope="session")
+def manifest(vectors: Path) -> dict:
+    return json.loads((vectors / "manifest.json").read_text())
+
+
+@dataclass
+class Run:
+    status: int
+    stdout: str
+    stderr: str
+
+
+SANITIZED = os.environ.get("OXBOOT_SANITIZED") == "1"
+_MODULES = {"mkimage": "mkimage", "lookimage": "lookimage", "bootserver": "bootserver",
+            "oxboot": "main"}
+
+
+def command(name: str) -> list[str]:
+    """How to start console script `name`: the installed script, or, in the
+    sanitizer run, the module from the instrumented tree on PYTHONPATH."""
+    if SANITIZED:
+        return [sys.executable, "-m", f"oxboot.cli.{_MODULES[name]}"]
+    exe = shutil.which(name)
+    if exe is None:
+        pytest.fail(f"{name} is not installed (pip install .)")
+    return [exe]
+
+
+def run_cli(args: list[str], cwd: Path | None = None, stdin: bytes | None = None,
+            timeout: float = 300) -> Run:
+    """Run a console script (mkimage, lookimage, oxboot, ...) as a user would."""
+    p = subprocess.run([*command(args[0]), *args[1:]], cwd=cwd, input=stdin,
+                       capture_output=True, timeout=timeout)
+    return Run(p.returncode, p.stdout.decode(), p.stderr.decode())
+
+
+def one_line_error(r: Run) -> None:
+    """The contract for bad input: non-zero, one 'Error:' line, no traceback."""
+    assert r.status != 0, r
+    assert "Traceback" not in r.stderr, r.stderr
+    lines = [ln for ln in r.stderr.splitlines() if not ln.startswith("warning: ")]
+    assert len(lines) == 1 and lines[0].startswith("Error: "), r.stderr

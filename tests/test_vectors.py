@@ -1,0 +1,161 @@
+"""The golden vectors of the original tools, byte for byte."""
+
+from __future__ import annotations
+
+import hashlib
+import shlex
+import zlib
+from pathlib import Path
+
+import pytest
+from conftest import one_line_error, run_cli
+
+from oxboot.format import HEADER_SIZE, Header
+
+VECTORS_MANIFEST = Path(__file__).resolve().parents[1].parent / "shared/vectors/manifest.json"
+
+
+def _load_ids(section: str) -> list[str]:
+    import json
+    import os
+
+    path = Path(os.environ.get("OXBOOT_VECTORS", VECTORS_MANIFEST.parent)) / "manifest.json"
+    data = json.loads(path.read_text())
+    key = "file" if section == "corruptions" else "id"
+    return [item[key] for item in data[section]]
+
+
+def _by(manifest: dict, section: str, key: str, value: str) -> dict:
+    key_name = "file" if section == "corruptions" else "id"
+    return next(item for item in manifest[section] if item[key_name] == value)
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.mark.parametrize("image_id", _load_ids("images"))
+def test_mkimage_matches_original(image_id: str, manifest: dict, vectors: Path,
+                                  tmp_path: Path) -> None:
+    img = _by(manifest, "images", "id", image_id)
+    argv = list(img["mkimage"]["argv"])
+    # Same flags, inputs from the vectors, outputs in a scratch folder.
+    out_name = img["output_file"]
+    argv = [str(tmp_path / a) if a in (out_name, img.get("csum_file")) else
+            str(vectors / a) if (vectors / a).is_file() and a.endswith(".raw") else a
+            for a in argv]
+    r = run_cli(argv, cwd=tmp_path)
+    out = tmp_path / out_name
+    raw = (vectors / img["input"]).read_bytes()
+
+    if img["mkimage"]["exit_status"] == 0 and img["header"]["image_size"] < 4096:
+        # The original writes an image the OS refuses; we refuse to.
+        one_line_error(r)
+        assert "minimum" in r.stderr
+        assert not out.exists()
+        return
+    if img["mkimage"]["exit_status"] != 0:
+        assert r.status == img["mkimage"]["exit_status"]
+        assert r.stderr == img["mkimage"]["stderr"]
+        assert not out.exists() and list(tmp_path.iterdir()) == []
+        return
+
+    assert r.status == 0, r.stderr
+    assert r.stdout == img["mkimage"]["stdout"]
+    if img.get("csum_file"):
+        assert (tmp_path / img["csum_file"]).read_bytes().hex() == img["csum_file_hex"]
+    want = img["header"]
+    got = Header.parse(out.read_bytes())
+    if not img["compressed"]:
+        assert _sha(out) == img["output_sha256"]
+        assert out.stat().st_size == img["output_size"]
+        return
+    payload = out.read_bytes()[HEADER_SIZE:]
+    if len(zlib.compress(raw, 9)) >= len(raw):
+        # Does not compress: stored raw (the original's output fails its own
+        # lookimage, see the vectors' README).
+        assert got.flags == 0 and payload == raw
+    else:
+        assert got.flags == want["flags"]
+        assert zlib.decompress(payload) == raw
+        assert got.data_size == len(payload)
+    assert got.image_size == want["image_size"]
+    assert got.target_size == want["target_size"]
+    assert got.sha256.hex() == want["sha256"]
+    assert got.dataset == want["dataset_name"]
+    assert got.image_name == want["image_name"]
+    assert got.version == 2
+    # Every header byte but flags/data_size (offsets 8..24) is the original's.
+    with (vectors / img["stored_file"]).open("rb") if img["stored"] != "none" else \
+            open(out, "rb") as f:
+        theirs = f.read(HEADER_SIZE)
+    mine = out.read_bytes()[:HEADER_SIZE]
+    assert mine[:8] == theirs[:8] and mine[24:] == theirs[24:]
+
+
+def _lookimage_cases(manifest_section: str) -> list[tuple[str, int]]:
+    ids = _load_ids(manifest_section)
+    return [(i, k) for i in ids for k in (0, 1)]
+
+
+@pytest.mark.parametrize(("image_id", "which"), _lookimage_cases("images"))
+def test_lookimage_matches_original(image_id: str, which: int, manifest: dict,
+                                    vectors: Path) -> None:
+    img = _by(manifest, "images", "id", image_id)
+    if img["stored"] == "none":
+        pytest.skip("the original's output was not kept (recorded hashes are checked "
+                    "in test_mkimage_matches_original)")
+    case = img["lookimage"][which]
+    r = run_cli(shlex.split(case["command"]), cwd=vectors)
+    assert r.stdout == case["stdout"]
+    assert r.status == case["exit_status"]
+    if case["exit_status"]:
+        one_line_error(r)
+        assert r.stderr == case["stderr"]
+    else:
+        assert r.stderr == case["stderr"]
+
+
+@pytest.mark.parametrize(("name", "which"), _lookimage_cases("corruptions"))
+def test_lookimage_corruptions(name: str, which: int, manifest: dict, vectors: Path) -> None:
+    item = _by(manifest, "corruptions", "file", name)
+    case = item["lookimage"][which]
+    assert _sha(vectors / name) == item["sha256"]
+    r = run_cli(shlex.split(case["command"]), cwd=vectors)
+    if case["exit_status"] == 0:
+        # Headers the OS accepts too (odd names, reserved bytes, extra flag
+        # bits), or -s on damage in the data it skips.
+        assert r.status == 0, r.stderr
+        assert r.stdout == case["stdout"]
+        assert "Traceback" not in r.stderr
+    else:
+        one_line_error(r)
+        # What was printed before the error is the original's too.
+        assert case["stdout"].startswith(r.stdout)
+
+
+@pytest.mark.parametrize("item_id", _load_ids("misc"))
+def test_misc_errors(item_id: str, manifest: dict, vectors: Path, tmp_path: Path) -> None:
+    item = _by(manifest, "misc", "id", item_id)
+    if item_id == "m_leftover_after_error":
+        (vectors / "err_u_1m1_s1.img").write_bytes(
+            bytes(HEADER_SIZE) + (vectors / "in_1m_plus1.raw").read_bytes())
+    for tool in ("mkimage", "lookimage"):
+        for case in item.get(tool, []):
+            r = run_cli(case["argv"], cwd=vectors)
+            one_line_error(r)
+            assert r.status == case["exit_status"] == 1
+            assert r.stdout == case["stdout"]
+            if "os error" not in case["stderr"] and "digit" not in case["stderr"]:
+                assert r.stderr == case["stderr"]
+    assert not (vectors / "bad.img").exists() and not (vectors / "nope.img").exists()
+
+
+def test_every_vector_file_is_used(manifest: dict, vectors: Path) -> None:
+    used = {"manifest.json", "README.md", "gen_raw.py"}
+    used |= {i["file"] for i in manifest["inputs"]}
+    for img in manifest["images"]:
+        used |= {img["output_file"], img.get("stored_file"), img.get("csum_file")}
+    used |= {c["file"] for c in manifest["corruptions"]}
+    on_disk = {p.name for p in vectors.iterdir()}
+    assert on_disk - used <= {"err_u_1m1_s1.img"}, on_disk - used
