@@ -45,9 +45,10 @@ typedef struct {
     uint64_t bytes;
     uint64_t eof;
     uint64_t padded;
+    uint64_t extent;
 } ox_rx_stats;
 
-long ox_rx_data(int fd, const uint8_t *server, uint8_t *ram,
+long ox_rx_data(int fd, const uint8_t *self_mac, const uint8_t *server, uint8_t *ram,
                 uint64_t ram_len, uint64_t *slot_offsets, uint8_t *slot_busy,
                 uint32_t *busy_count, uint8_t *other, size_t other_cap,
                 size_t *other_len, size_t max_frames, ox_rx_stats *stats);

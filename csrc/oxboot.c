@@ -250,7 +250,7 @@ long ox_parse_data(const uint8_t *frame, size_t len, uint64_t *offset,
 #define RX_BATCH 64
 #define RX_FRAME 2048
 
-long ox_rx_data(int fd, const uint8_t *server, uint8_t *ram,
+long ox_rx_data(int fd, const uint8_t *self_mac, const uint8_t *server, uint8_t *ram,
                 uint64_t ram_len, uint64_t *slot_offsets, uint8_t *slot_busy,
                 uint32_t *busy_count, uint8_t *other, size_t other_cap,
                 size_t *other_len, size_t max_frames, ox_rx_stats *stats)
@@ -261,7 +261,9 @@ long ox_rx_data(int fd, const uint8_t *server, uint8_t *ram,
     struct sockaddr_ll from[RX_BATCH];
     size_t total = 0;
 
-    if (server == NULL || (ram == NULL && ram_len != 0) || slot_offsets == NULL ||
+    static const uint8_t bcast[6] = {0xff, 0xff, 0xff, 0xff, 0xff, 0xff};
+
+    if (self_mac == NULL || server == NULL || (ram == NULL && ram_len != 0) || slot_offsets == NULL ||
         slot_busy == NULL || busy_count == NULL || other_len == NULL ||
         stats == NULL || (other == NULL && other_cap != 0))
         return -1;
@@ -298,6 +300,8 @@ long ox_rx_data(int fd, const uint8_t *server, uint8_t *ram,
             stats->frames++;
             if (from[i].sll_pkttype == PACKET_OUTGOING)
                 continue;
+            if (flen >= 6 && memcmp(f, self_mac, 6) != 0 && memcmp(f, bcast, 6) != 0)
+                continue; /* another host's frame, flooded by a bridge */
             if ((msg[i].msg_hdr.msg_flags & MSG_TRUNC) || flen > RX_FRAME ||
                 flen < OX_ETH_HLEN + OX_HDR_LEN) {
                 stats->bad++;
@@ -342,6 +346,8 @@ long ox_rx_data(int fd, const uint8_t *server, uint8_t *ram,
                 size_t m = (uint64_t)n < room ? (size_t)n : (size_t)room;
                 memcpy(ram + off, f + OX_DATA_HLEN, m);
                 stats->bytes += m;
+                if (off + m > stats->extent)
+                    stats->extent = off + m;
             }
         }
         /* Hand a non-DATA frame to Python before reading further. */

@@ -92,11 +92,13 @@ typedef struct {
     uint64_t bytes;        /* payload bytes written into the ramdisk */
     uint64_t eof;          /* zero-length DATA seen for a waiting slot */
     uint64_t padded;       /* DATA frames longer than their len (OS panics) */
+    uint64_t extent;       /* furthest ramdisk byte written (offset + n) */
 } ox_rx_stats;
 
 /*
  * Drain up to `max_frames` frames from the non-blocking raw socket fd.
- * DATA frames from `server` whose offset sits in a busy slot are copied
+ * Frames not addressed to `self_mac` (or broadcast) are skipped, as a NIC
+ * would. DATA frames from `server` whose offset sits in a busy slot are copied
  * into ram[offset, offset+n) (clipped to ram_len), the slot is freed and
  * *busy_count decremented. The first frame that is not DATA from the server
  * (OFFER, RESET, ...) is copied to `other` (capacity other_cap) and the
@@ -105,7 +107,7 @@ typedef struct {
  * length (0 if none). Returns frames read, or -1 on a socket error other
  * than EAGAIN (errno in stats is not kept; check errno).
  */
-long ox_rx_data(int fd, const uint8_t *server, uint8_t *ram,
+long ox_rx_data(int fd, const uint8_t *self_mac, const uint8_t *server, uint8_t *ram,
                 uint64_t ram_len, uint64_t *slot_offsets, uint8_t *slot_busy,
                 uint32_t *busy_count, uint8_t *other, size_t other_cap,
                 size_t *other_len, size_t max_frames, ox_rx_stats *stats);

@@ -1,0 +1,60 @@
+"""bootserver: serve boot images to sleds over raw Ethernet (original usage kept)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from oxboot.cli.common import Parser, UsageError, run
+from oxboot.link import TX_METHODS, LinkError, parse_mac
+from oxboot.server import EventLog, Server
+
+
+def build_parser(prog: str = "bootserver") -> Parser:
+    p = Parser(prog=prog, description="Serve Oxide boot images over raw Ethernet "
+               "(ethertype 0x1DE0) to sleds that boot from the network.")
+    p.add_argument("-s", "--single", action="store_true",
+                   help="exit 0 after the first completed boot; any failure is fatal")
+    p.add_argument("-t", "--hello-timeout", type=float, metavar="SECONDS",
+                   help="exit non-zero if no HELLO arrives within SECONDS")
+    p.add_argument("--image", action="append", default=[], metavar="FILE",
+                   help="serve this image too (repeatable); sleds take the one whose "
+                   "checksum their boot archive wants")
+    p.add_argument("--json", action="store_true", help="one JSON object per event on stdout")
+    p.add_argument("--tx", choices=sorted(TX_METHODS), default="sendmmsg",
+                   help="DATA transmit mechanism (default sendmmsg)")
+    p.add_argument("--scratch", metavar="DIR",
+                   help="where compressed images are inflated (default: $TMPDIR)")
+    p.add_argument("link", metavar="LINK", help="network interface, e.g. eth1")
+    p.add_argument("image_file", metavar="IMAGE_FILE", help="boot image to serve")
+    p.add_argument("mac", metavar="MAC|any", help="serve only this host, or every host")
+    return p
+
+
+def _body(args: argparse.Namespace) -> int:
+    if args.mac == "any":
+        allow = None
+    else:
+        try:
+            allow = [parse_mac(args.mac)]
+        except ValueError as e:
+            raise UsageError(str(e)) from None
+    if args.hello_timeout is not None and args.hello_timeout <= 0:
+        raise UsageError("-t needs a positive number of seconds")
+    log = EventLog(json_mode=args.json)
+    try:
+        server = Server(args.link, [args.image_file, *args.image], allow, once=args.single,
+                        hello_timeout=args.hello_timeout, log=log,
+                        tx_method=TX_METHODS[args.tx], scratch=args.scratch)
+    except LinkError as e:
+        raise UsageError(e.strerror or str(e)) from None
+    return server.run()
+
+
+def main(argv: Sequence[str] | None = None, prog: str = "bootserver") -> int:
+    return run(build_parser(prog), _body, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,175 @@
+"""The sled emulator's I/O loop around :class:`~oxboot.protocol.ClientSession`.
+
+The session decides (exactly as the OS client does); this loop sends what
+it asks for and feeds it what arrives. During the transfer, DATA frames are
+drained and landed in the ramdisk by the C core (``ox_rx_data``), which
+mirrors :meth:`ClientSession.on_data`; every other frame goes through the
+session in Python.
+"""
+
+from __future__ import annotations
+
+import mmap
+import select
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from oxboot._native import ffi, lib
+from oxboot.format import ImageError
+from oxboot.fsutil import AtomicFile
+from oxboot.link import MAX_FRAME, RawLink
+from oxboot.protocol import ClientSession, ClientState, FrameError, parse_frame
+
+TICK = 0.05  # the OS client's loop wakes at least this often
+
+
+@dataclass
+class NetbootResult:
+    state: ClientState
+    verified: bool
+    image_size: int
+    ramdisk_len: int
+    seconds: float  # from the accepted OFFER to FINISHED
+    total_seconds: float  # from the first HELLO
+    retransmits: int
+    frames: int
+    server: str | None
+    reason: str | None = None
+
+    @property
+    def mbps(self) -> float:
+        return self.image_size / self.seconds / 1e6 if self.seconds > 0 else 0.0
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "state": self.state.value, "verified": self.verified,
+            "image_size": self.image_size, "ramdisk_len": self.ramdisk_len,
+            "seconds": round(self.seconds, 4), "total_seconds": round(self.total_seconds, 4),
+            "mbps": round(self.mbps, 2), "retransmits": self.retransmits,
+            "frames": self.frames, "server": self.server, "reason": self.reason,
+        }
+
+
+def netboot(ifname: str, want_sha256: bytes, *, timeout: float | None = None,
+            save: str | None = None,
+            on_progress: Callable[[ClientSession, float], None] | None = None) -> NetbootResult:
+    """Boot like a sled on `ifname`: discover, fetch, verify; optionally save
+    the raw image. Returns when the boot is done, reset, panicked or timed out."""
+    link = RawLink(ifname)
+    try:
+        return _run(link, want_sha256, timeout, save, on_progress)
+    finally:
+        link.close()
+
+
+def _run(link: RawLink, want: bytes, timeout: float | None, save: str | None,
+         on_progress: Callable[[ClientSession, float], None] | None) -> NetbootResult:
+    sess = ClientSession(link.mac, want)
+    start = time.monotonic()
+    transfer_start = 0.0
+    ram: mmap.mmap | None = None
+    ram_ptr = ffi.NULL
+    poller = select.poll()
+    poller.register(link.fileno(), select.POLLIN)
+    stats = ffi.new("ox_rx_stats *")
+    busy = ffi.new("uint32_t *")
+    other = ffi.new(f"uint8_t[{MAX_FRAME}]")
+    other_len = ffi.new("size_t *")
+    slot_offsets = ffi.from_buffer("uint64_t[]", sess.slot_offsets)
+    slot_busy = ffi.from_buffer("uint8_t[]", sess.slot_busy)
+    self_mac = link.mac
+    next_report = start + 1.0
+    reason: str | None = None
+
+    while True:
+        now = time.monotonic()
+        for frame in sess.poll(now):
+            link.send(frame.pack())
+        state = sess.state
+        if state not in (ClientState.DISCOVERY, ClientState.TRANSFER):
+            break
+        if timeout is not None and now - start > timeout:
+            reason = f"timed out after {timeout:g} s"
+            break
+        if on_progress is not None and now >= next_report:
+            next_report = now + 1.0
+            on_progress(sess, now)
+        if not poller.poll(TICK * 1000):
+            continue
+        now = time.monotonic()
+        if state is ClientState.TRANSFER and ram is not None:
+            server = sess.server
+            assert server is not None
+            busy[0] = sum(sess.slot_busy)
+            before_bytes = stats.bytes
+            n = lib.ox_rx_data(link.fileno(), self_mac, server, ram_ptr, len(ram),
+                               slot_offsets, slot_busy, busy, other, MAX_FRAME,
+                               other_len, 4096, stats)
+            if n < 0:
+                raise OSError(ffi.errno, "receive failed")
+            sess.bytes_received += stats.bytes - before_bytes
+            sess.write_extent = max(sess.write_extent, stats.extent)
+            if stats.eof:
+                sess.eof = True
+            if other_len[0]:
+                _feed(sess, bytes(ffi.buffer(other, other_len[0])), now, ram)
+            continue
+        for buf in link.recv_pending():
+            _feed(sess, buf, now, ram)
+            if sess.state is ClientState.TRANSFER and ram is None:
+                assert sess.offer is not None
+                transfer_start = now
+                # Lazily zero-filled: only pages that DATA lands on cost memory.
+                ram = mmap.mmap(-1, max(sess.ramdisk_capacity, 1))
+                ram_ptr = ffi.from_buffer("uint8_t[]", ram)
+                break
+
+    end = time.monotonic()
+    offer = sess.offer
+    verified = ram is not None and sess.state is ClientState.DONE and sess.verify(ram)
+    if sess.state is ClientState.PANIC:
+        reason = sess.panic_reason
+    elif sess.state is ClientState.RESET:
+        reason = "the server sent RESET"
+    elif sess.state is ClientState.DONE and not verified:
+        reason = "boot image integrity failure (checksum mismatch)"
+    if verified and save is not None and ram is not None and offer is not None:
+        with AtomicFile(save) as out:
+            out.write_all(memoryview(ram)[:offer.data_size])
+            out.commit()
+    result = NetbootResult(
+        state=sess.state, verified=verified,
+        image_size=offer.data_size if offer else 0, ramdisk_len=sess.ramdisk_len,
+        seconds=(end - transfer_start) if transfer_start else 0.0,
+        total_seconds=end - start, retransmits=sess.retransmits,
+        frames=int(stats.frames), server=sess.server.hex(":") if sess.server else None,
+        reason=reason,
+    )
+    if ram is not None:
+        del ram_ptr
+        ram.close()
+    return result
+
+
+def _feed(sess: ClientSession, buf: bytes, now: float, ram: mmap.mmap | None) -> None:
+    try:
+        frame = parse_frame(buf)
+    except FrameError:
+        return
+    if sess.receive(frame, now, frame_len=len(buf)) and ram is not None:
+        payload = frame.msg.payload  # type: ignore[union-attr]
+        offset = frame.msg.offset  # type: ignore[union-attr]
+        end = min(offset + len(payload), len(ram))
+        if offset < end:
+            ram[offset:end] = payload[: end - offset]
+
+
+def want_from_image(path: str) -> bytes:
+    """The checksum a sled built with `path`'s phase-1 archive would want."""
+    from oxboot.verify import read_header
+
+    return read_header(path).sha256
+
+
+__all__ = ["NetbootResult", "netboot", "want_from_image", "ImageError"]

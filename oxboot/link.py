@@ -1,0 +1,171 @@
+"""The link layer: one AF_PACKET raw socket per interface, ethertype 0x1DE0.
+
+Thin on purpose: it opens, binds and tunes the socket, reads the
+interface's MAC from the kernel, and hands batches of frames to the C core
+(transmit of DATA, receive of DATA on the client). All protocol decisions
+live in :mod:`oxboot.protocol`.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+import struct
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+from oxboot._native import ffi, lib
+from oxboot.protocol import ETHERTYPE
+
+SOL_PACKET = 263
+PACKET_ADD_MEMBERSHIP = 1
+PACKET_MR_UNICAST = 3
+PACKET_QDISC_BYPASS = 20
+PACKET_IGNORE_OUTGOING = 23
+SO_SNDBUFFORCE = 32
+SO_RCVBUFFORCE = 33
+MAX_FRAME = 2048
+
+TX_METHODS = {"sendmmsg": lib.OX_TX_SENDMMSG, "send": lib.OX_TX_SEND}
+
+
+class LinkError(OSError):
+    """The interface cannot be used (missing, down, no permission)."""
+
+
+def mac_str(mac: bytes) -> str:
+    return ":".join(f"{b:02x}" for b in mac)
+
+
+def parse_mac(text: str) -> bytes:
+    parts = text.replace("-", ":").split(":")
+    if len(parts) != 6 or not all(1 <= len(p) <= 2 for p in parts):
+        raise ValueError(f"not a MAC address: {text!r}")
+    try:
+        return bytes(int(p, 16) for p in parts)
+    except ValueError:
+        raise ValueError(f"not a MAC address: {text!r}") from None
+
+
+def image_mac(base: bytes, index: int) -> bytes:
+    """The source MAC that image `index` is offered from.
+
+    The OS client sends its READs to the MAC of the OFFER it accepted, and
+    READs carry nothing else that names an image; so each image gets its own
+    address. Image 0 uses the interface's own MAC; the others are locally
+    administered addresses derived from it.
+    """
+    if index == 0:
+        return base
+    if not 0 < index < 1 << 16:
+        raise ValueError("too many images")
+    mac = bytearray(base)
+    mac[0] = (mac[0] | 0x02) & 0xFE  # locally administered, unicast
+    mac[4] ^= index >> 8
+    mac[5] ^= index & 0xFF
+    mac[3] ^= 0x5A  # never equal to another host's burned-in address pattern
+    return bytes(mac)
+
+
+@dataclass
+class TxStats:
+    frames: int = 0
+    bytes: int = 0
+    syscalls: int = 0
+
+
+class RawLink:
+    """A raw packet socket bound to `ifname` for the oxboot ethertype."""
+
+    def __init__(self, ifname: str, extra_macs: Sequence[bytes] = (), *,
+                 buffer_bytes: int = 8 << 20, qdisc_bypass: bool = False) -> None:
+        self.ifname = ifname
+        try:
+            self.ifindex = socket.if_nametoindex(ifname)
+        except OSError:
+            raise LinkError(errno.ENODEV, f"no such network interface: {ifname}") from None
+        try:
+            sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETHERTYPE))
+        except PermissionError:
+            raise LinkError(errno.EPERM, "raw sockets need CAP_NET_RAW (run as root, or "
+                            "grant the capability)") from None
+        self.sock = sock
+        try:
+            sock.bind((ifname, ETHERTYPE))
+            # Our own transmitted frames would otherwise come back to us.
+            sock.setsockopt(SOL_PACKET, PACKET_IGNORE_OUTGOING, 1)
+            for opt, fallback in ((SO_SNDBUFFORCE, socket.SO_SNDBUF),
+                                  (SO_RCVBUFFORCE, socket.SO_RCVBUF)):
+                try:
+                    sock.setsockopt(socket.SOL_SOCKET, opt, buffer_bytes)
+                except PermissionError:
+                    sock.setsockopt(socket.SOL_SOCKET, fallback, buffer_bytes)
+            if qdisc_bypass:
+                sock.setsockopt(SOL_PACKET, PACKET_QDISC_BYPASS, 1)
+            self.mac: bytes = sock.getsockname()[4][:6]
+            for mac in extra_macs:
+                if mac != self.mac:
+                    self.add_unicast(mac)
+        except OSError as e:
+            sock.close()
+            raise LinkError(e.errno or errno.EIO, f"{ifname}: {e.strerror or e}") from None
+        self._stats = ffi.new("ox_tx_stats *")
+        self.tx = TxStats()
+
+    def add_unicast(self, mac: bytes) -> None:
+        """Receive frames sent to `mac` too (a secondary unicast address)."""
+        mreq = struct.pack("iHH8s", self.ifindex, PACKET_MR_UNICAST, 6, mac)
+        self.sock.setsockopt(SOL_PACKET, PACKET_ADD_MEMBERSHIP, mreq)
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def __enter__(self) -> RawLink:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def send(self, frame: bytes) -> None:
+        """Send one frame, waiting while the socket buffer is full."""
+        while True:
+            try:
+                self.sock.send(frame)
+                return
+            except (BlockingIOError, InterruptedError):
+                continue
+            except OSError as e:
+                if e.errno == errno.ENOBUFS:
+                    continue
+                raise
+
+    def recv_pending(self, limit: int = 256) -> Iterator[bytes]:
+        """Every frame already queued on the socket (at most `limit`)."""
+        for _ in range(limit):
+            try:
+                yield self.sock.recv(MAX_FRAME, socket.MSG_DONTWAIT)
+            except (BlockingIOError, InterruptedError):
+                return
+
+    def send_data(self, dst: bytes, src: bytes, image: object, image_size: int,
+                  offsets: Sequence[int], method: int = lib.OX_TX_SENDMMSG) -> int:
+        """Build and send one DATA frame per offset in the C core, payload
+        gathered straight from `image` (a cffi pointer to the raw image)."""
+        if not offsets:
+            return 0
+        offs = ffi.new("uint64_t[]", offsets)
+        st = self._stats
+        st.frames = st.bytes = st.syscalls = 0
+        n = lib.ox_tx_data(self.sock.fileno(), method, dst, src, image, image_size, offs,
+                           len(offsets), 1024, st)
+        self.tx.frames += st.frames
+        self.tx.bytes += st.bytes
+        self.tx.syscalls += st.syscalls
+        if n < 0:
+            code = st.last_errno
+            raise OSError(code, f"{self.ifname}: {os.strerror(code)}")
+        return int(n)

@@ -1,0 +1,374 @@
+"""The boot server's I/O loop: images, a raw socket and the sans-I/O
+:class:`~oxboot.protocol.BootServer` that decides what to send.
+
+Uncompressed images are served straight from a read-only mmap of the file;
+compressed ones (zlib, zstd) are inflated once into an unlinked temporary
+file and served from its mapping. Every image is verified (SHA-256) before
+it is first offered. A session keeps the mapping it started with, so an
+image replaced on disk never mixes two versions within one boot; the next
+HELLO sees the new file.
+"""
+
+from __future__ import annotations
+
+import json
+import mmap
+import os
+import select
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TextIO
+
+from oxboot import codec as codecs
+from oxboot._native import Sha256, ffi, sha256
+from oxboot.format import HEADER_SIZE, NETBOOT_ALIGN, Codec, Header, ImageError
+from oxboot.link import RawLink, image_mac, mac_str
+from oxboot.progress import human
+from oxboot.protocol import (
+    CHUNK,
+    MIN_OFFER_SIZE,
+    BootServer,
+    Ignored,
+    Offer,
+    SendOffer,
+    SendReset,
+    ServeData,
+    SessionFinished,
+    SessionStarted,
+    encode_dataset,
+)
+from oxboot.verify import check_header
+
+
+@dataclass(eq=False)
+class ServedImage:
+    """One version of an image file, mapped and verified, ready to serve."""
+
+    path: Path
+    header: Header
+    size: int
+    stamp: tuple[int, int, int, int]  # dev, inode, size, mtime: "same file?"
+    _map: mmap.mmap | None
+    _base: int  # where the raw image starts in the mapping
+    ptr: object = field(repr=False)  # cffi uint8_t* to the raw image
+
+    @property
+    def offer(self) -> Offer:
+        h = self.header
+        return Offer(h.target_size, h.image_size, h.sha256, encode_dataset(h.dataset))
+
+    @property
+    def name(self) -> str:
+        return self.header.image_name or self.path.name
+
+    def view(self) -> memoryview:
+        assert self._map is not None
+        return memoryview(self._map)[self._base:self._base + self.size]
+
+    def close(self) -> None:
+        # Dropping the last reference unmaps; explicit close would break a
+        # session still holding this version.
+        self._map = None
+
+
+def _stamp(st: os.stat_result) -> tuple[int, int, int, int]:
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def load_image(path: str | os.PathLike[str], scratch: str | None = None) -> ServedImage:
+    """Open, check and verify an image for serving (see module docstring)."""
+    path = Path(path)
+    try:
+        f = open(path, "rb")  # noqa: SIM115 - closed below
+    except OSError as e:
+        raise ImageError(f"{path}: {e.strerror}") from None
+    with f:
+        st = os.fstat(f.fileno())
+        header = Header.parse(f.read(HEADER_SIZE))
+        check_header(header)
+        size = header.image_size
+        if header.codec is Codec.NONE:
+            if st.st_size < HEADER_SIZE + size:
+                raise ImageError(
+                    f"{path}: file holds {max(st.st_size - HEADER_SIZE, 0)} bytes of image, "
+                    f"header says {size} (truncated?)"
+                )
+            # Map exactly header + image: a longer file never leaks its tail.
+            mm = mmap.mmap(f.fileno(), HEADER_SIZE + size, prot=mmap.PROT_READ)
+            base = HEADER_SIZE
+            digest = sha256(memoryview(mm)[base:base + size])
+        else:
+            mm, digest = _inflate(f, header, path, scratch)
+            base = 0
+    if digest != header.sha256:
+        raise ImageError(
+            f"{path}: image sum {digest.hex()} does not match sum from header "
+            f"{header.sha256.hex()}"
+        )
+    mm.madvise(mmap.MADV_WILLNEED)
+    ptr = ffi.from_buffer("uint8_t[]", mm, require_writable=False) + base
+    return ServedImage(path, header, size, _stamp(st), mm, base, ptr)
+
+
+def _inflate(f, header: Header, path: Path,  # noqa: ANN001
+             scratch: str | None) -> tuple[mmap.mmap, bytes]:
+    """Inflate into an unlinked temporary file (page cache, not heap)."""
+    hasher = Sha256()
+    with tempfile.TemporaryFile(dir=scratch, prefix="oxboot-serve-") as tmp:
+        have = os.fstat(f.fileno()).st_size - HEADER_SIZE
+        if have != header.data_size:
+            raise ImageError(
+                f"{path}: file holds {max(have, 0)} bytes of data, header says "
+                f"{header.data_size} (truncated?)"
+            )
+        produced = 0
+        for block in codecs.decode(header.codec, f, header.data_size, header.image_size):
+            hasher.update(block)
+            tmp.write(block)
+            produced += len(block)
+        if produced != header.image_size:
+            raise ImageError(f"{path}: data decodes to {produced} bytes, header says "
+                             f"{header.image_size}")
+        tmp.flush()
+        mm = mmap.mmap(tmp.fileno(), header.image_size, prot=mmap.PROT_READ)
+    return mm, hasher.digest()
+
+
+def netboot_warnings(image: ServedImage) -> list[str]:
+    out = []
+    if image.size % NETBOOT_ALIGN:
+        out.append(f"{image.path}: image size {image.size} is not a multiple of "
+                   f"{NETBOOT_ALIGN} bytes: the OS client will fail to verify it")
+    if image.size < MIN_OFFER_SIZE or image.header.target_size < MIN_OFFER_SIZE:
+        out.append(f"{image.path}: the OS client ignores offers of images or ramdisks "
+                   "under 1 MiB")
+    return out
+
+
+class EventLog:
+    """One line per event on stdout (text or JSON), progress on a tty."""
+
+    def __init__(self, json_mode: bool = False, stream: TextIO | None = None,
+                 progress: bool | None = None) -> None:
+        self.json = json_mode
+        self.stream = stream if stream is not None else sys.stdout
+        self.progress = (not json_mode and sys.stderr.isatty()) if progress is None else progress
+
+    def event(self, kind: str, text: str, **fields: object) -> None:
+        if self.json:
+            line = json.dumps({"event": kind, "time": round(time.time(), 3), **fields},
+                              sort_keys=True)
+        else:
+            line = f"{time.strftime('%H:%M:%S')} {kind}: {text}"
+        if self.progress:
+            sys.stderr.write("\r\x1b[K")
+        self.stream.write(line + "\n")
+        self.stream.flush()
+
+
+@dataclass
+class SledState:
+    """What the I/O layer keeps per sled: the image version it boots."""
+
+    image: ServedImage
+    index: int
+    started: float
+    frames: int = 0
+    bytes: int = 0
+    high: int = 0
+
+
+class Server:
+    """Serve images on one link until stopped (or, with `once`, one boot)."""
+
+    def __init__(self, link: str, images: Sequence[str | os.PathLike[str]],
+                 allow: Sequence[bytes] | None, *, once: bool = False,
+                 hello_timeout: float | None = None, log: EventLog | None = None,
+                 tx_method: int = 0, scratch: str | None = None,
+                 read_rate: float = 100_000.0,
+                 on_ready: Callable[[Server], None] | None = None) -> None:
+        self.log = log or EventLog()
+        self.paths = [Path(p) for p in images]
+        if not self.paths:
+            raise ImageError("no image to serve")
+        self.scratch = scratch
+        self.images: list[ServedImage | None] = []
+        for p in self.paths:
+            img = load_image(p, scratch)
+            for note in netboot_warnings(img):
+                self.log.event("warning", note, message=note)
+            self.images.append(img)
+        self.link = RawLink(link, [])
+        self.macs = [image_mac(self.link.mac, i) for i in range(len(self.paths))]
+        for mac in self.macs[1:]:
+            self.link.add_unicast(mac)
+        self.proto = BootServer([img.offer for img in self.images if img], self.macs,
+                                None if allow is None else list(allow),
+                                read_rate=read_rate, read_burst=4096)
+        self.once = once
+        self.hello_timeout = hello_timeout
+        self.tx_method = tx_method
+        self.sleds: dict[bytes, SledState] = {}
+        self.finished = 0
+        self.errors = 0
+        self.on_ready = on_ready
+        self._offered: dict[tuple[bytes, int], ServedImage] = {}
+        self._stop = False
+        for i, img in enumerate(self.images):
+            assert img is not None
+            self.log.event("image", f"{img.path} ({human(img.size)}, sha256 "
+                           f"{img.header.sha256.hex()[:16]}…) offered from "
+                           f"{mac_str(self.macs[i])}", image=str(img.path), index=i,
+                           mac=mac_str(self.macs[i]), size=img.size,
+                           sha256=img.header.sha256.hex())
+
+    # ---- image versions ---------------------------------------------------
+
+    def _refresh(self, index: int) -> ServedImage | None:
+        """Re-open image `index` if the file changed since it was loaded."""
+        path = self.paths[index]
+        current = self.images[index]
+        try:
+            st = path.stat()
+        except OSError as e:
+            self._image_error(index, f"{path}: {e.strerror}")
+            return None
+        if current is not None and _stamp(st) == current.stamp:
+            return current
+        try:
+            img = load_image(path, self.scratch)
+        except (ImageError, OSError, ValueError) as e:
+            self._image_error(index, str(e))
+            return None
+        self.images[index] = img
+        proto_images = list(self.proto.images)
+        proto_images[index] = img.offer
+        self.proto.images = tuple(proto_images)
+        self.log.event("reload", f"{path} changed on disk; new version loaded",
+                       image=str(path), sha256=img.header.sha256.hex())
+        return img
+
+    def _image_error(self, index: int, message: str) -> None:
+        if self.images[index] is not None:
+            self.log.event("error", f"cannot serve {message}", image=str(self.paths[index]),
+                           message=message)
+        self.images[index] = None
+        self.errors += 1
+        if self.once:
+            raise ImageError(message)
+
+    # ---- the loop ---------------------------------------------------------
+
+    def stop(self) -> None:
+        self._stop = True
+
+    def run(self) -> int:
+        start = time.monotonic()
+        poller = select.poll()
+        poller.register(self.link.fileno(), select.POLLIN)
+        next_tick = start + 1.0
+        got_hello = False
+        if self.on_ready is not None:
+            self.on_ready(self)
+        while not self._stop:
+            now = time.monotonic()
+            if self.hello_timeout is not None and not got_hello and \
+                    now - start > self.hello_timeout:
+                raise ImageError(f"no HELLO within {self.hello_timeout:g} seconds")
+            timeout = max(0.0, min(next_tick, start + (self.hello_timeout or 1e9)) - now)
+            if poller.poll(timeout * 1000):
+                now = time.monotonic()
+                for buf in self.link.recv_pending(512):
+                    for action in self.proto.receive_bytes(buf, now):
+                        got_hello |= self._act(action, now)
+                        if self.once and self.finished:
+                            return 0
+            if now >= next_tick:
+                next_tick = now + 1.0
+                self._tick(now)
+        return 0
+
+    def _act(self, action: object, now: float) -> bool:
+        """Carry out one action; True if it answered a HELLO."""
+        match action:
+            case ServeData(dst=dst, src=src, image=index, offsets=offsets):
+                sled = self.sleds.get(dst)
+                if sled is None:  # resumed after a restart: the current version
+                    img = self.images[index]
+                    if img is None:
+                        self.link.send(SendReset(dst, src).frame().pack())
+                        return False
+                    sled = self.sleds[dst] = SledState(img, index, now)
+                img = sled.image
+                n = self.link.send_data(dst, src, img.ptr, img.size, offsets, self.tx_method)
+                sled.frames += n
+                sled.high = max(sled.high, min(max(offsets) + CHUNK, img.size))
+                return False
+            case SendOffer(dst=dst, src=src, image=index):
+                img = self._refresh(index)
+                if img is None:
+                    return True
+                self.link.send(SendOffer(dst, src, index, img.offer).frame().pack())
+                self.log.event("offer", f"{mac_str(dst)} offered {img.name}",
+                               mac=mac_str(dst), image=str(img.path), index=index)
+                # A HELLO starts over: the sled will boot what it was offered now.
+                self.sleds.pop(dst, None)
+                # Remember which version this OFFER carried, for the session.
+                self._offered[(dst, index)] = img
+                return True
+            case SendReset(dst=dst):
+                self.link.send(action.frame().pack())
+                self.sleds.pop(dst, None)
+                self.log.event("reset", f"{mac_str(dst)} reset (no session for its READ)",
+                               mac=mac_str(dst))
+            case SessionStarted(mac=mac, image=index):
+                sled = self._offered.pop((mac, index), None)
+                img = sled or self.images[index]
+                if img is not None:
+                    self.sleds[mac] = SledState(img, index, now)
+                    self.log.event("start", f"{mac_str(mac)} is booting {img.name}",
+                                   mac=mac_str(mac), image=str(img.path))
+            case SessionFinished(mac=mac, image=index):
+                sled = self.sleds.pop(mac, None)
+                self.finished += 1
+                if sled is not None:
+                    secs = max(now - sled.started, 1e-6)
+                    self.log.event(
+                        "finished",
+                        f"{mac_str(mac)} finished {sled.image.name}: {human(sled.image.size)} "
+                        f"in {secs:.2f} s ({sled.image.size / secs / 1e6:.1f} MB/s, "
+                        f"{sled.frames} frames)",
+                        mac=mac_str(mac), image=str(sled.image.path), seconds=round(secs, 3),
+                        frames=sled.frames, bytes=sled.image.size)
+                else:
+                    self.log.event("finished", f"{mac_str(mac)} finished", mac=mac_str(mac))
+            case Ignored():
+                pass
+        return False
+
+
+    def _tick(self, now: float) -> None:
+        self.proto.expire(now)
+        for key in [k for k in self._offered if k[0] not in self.proto.sessions]:
+            del self._offered[key]
+        for mac, sled in list(self.sleds.items()):
+            if mac not in self.proto.sessions:
+                del self.sleds[mac]
+                continue
+            secs = max(now - sled.started, 1e-6)
+            done = sled.high
+            rate = done / secs
+            pct = 100.0 * done / sled.image.size
+            eta = (sled.image.size - done) / rate if rate else 0.0
+            if self.log.json:
+                self.log.event("progress", "", mac=mac_str(mac), image=str(sled.image.path),
+                               percent=round(pct, 1), mbps=round(rate / 1e6, 2),
+                               eta=round(eta, 1))
+            elif self.log.progress:
+                sys.stderr.write(f"\r\x1b[K{mac_str(mac)} {sled.image.name} {pct:5.1f}% "
+                                 f"{rate / 1e6:7.1f} MB/s ETA {eta:4.0f} s")
+                sys.stderr.flush()
