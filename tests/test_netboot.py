@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 from conftest import command
-from netlab import Host, Lab, lingering_namespaces, sh, wait_for
 
 from oxboot import Codec, build_image
+from oxboot.netlab import Host, Lab, lingering_namespaces, sh, wait_for
 
 HERE = Path(__file__).resolve().parent
 

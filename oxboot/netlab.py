@@ -1,7 +1,9 @@
-"""Real kernel networking for tests: network namespaces joined by veth
-pairs (and a bridge for several sleds). Everything made here is removed on
-exit, even when a test fails; names carry the pid so parallel runs and
-leftovers of a killed run never collide.
+"""A lab on one machine: network namespaces joined by veth pairs (and a
+bridge for several sleds), for the demo, the tests and the benchmarks.
+
+Everything made here is removed by :meth:`Lab.close`, even after a failure;
+names carry the pid so parallel runs and leftovers never collide. Needs root
+(or CAP_SYS_ADMIN and CAP_NET_ADMIN) and iproute2.
 """
 
 from __future__ import annotations
