@@ -18,6 +18,12 @@ int ox_sha256_final(ox_sha256_ctx *ctx, uint8_t *out);
 void ox_sha256_free(ox_sha256_ctx *ctx);
 int ox_sha256(const uint8_t *buf, size_t len, uint8_t *out);
 
+int ox_writeback(int fd, uint64_t offset, uint64_t len);
+
+size_t ox_deflate_bound(size_t len);
+long ox_deflate_chunk(int level, const uint8_t *in, size_t len, uint8_t *out, size_t cap);
+uint32_t ox_adler32(uint32_t adler, const uint8_t *buf, size_t len);
+
 long ox_build_data(uint8_t *out, size_t cap, const uint8_t *dst,
                    const uint8_t *src, const uint8_t *image,
                    uint64_t image_size, uint64_t offset, uint32_t chunk);
@@ -55,6 +61,15 @@ long ox_rx_data(int fd, const uint8_t *self_mac, const uint8_t *server, uint8_t 
 
 long ox_parse_data(const uint8_t *frame, size_t len, uint64_t *offset,
                    int *exact);
+long ox_read_offsets(const uint8_t *frame, size_t len, uint64_t *out);
+
+typedef struct ox_txring ox_txring;
+ox_txring *ox_txring_open(int fd, unsigned frames);
+void ox_txring_close(ox_txring *r);
+long ox_txring_send_data(ox_txring *r, const uint8_t *dst, const uint8_t *src,
+                         const uint8_t *image, uint64_t image_size,
+                         const uint64_t *offsets, size_t n, uint32_t chunk,
+                         ox_tx_stats *stats);
 """
 
 # OXBOOT_SANITIZE=1 builds the core with AddressSanitizer and UBSan, for CI.
@@ -72,9 +87,9 @@ ffibuilder.set_source(
     "oxboot._core",
     '#include "oxboot.h"',
     # Paths are relative to the project root, where setuptools runs this.
-    sources=["csrc/oxboot.c"],
+    sources=["csrc/oxboot.c", "csrc/txring.c", "csrc/deflate.c"],
     include_dirs=["csrc"],
-    libraries=["crypto"],
+    libraries=["crypto", "deflate", "z"],
     extra_compile_args=_cflags,
     extra_link_args=_lflags,
 )

@@ -3,6 +3,7 @@
 #include "oxboot.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <poll.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -40,11 +41,18 @@ int ox_sha256_update(ox_sha256_ctx *ctx, const uint8_t *buf, size_t len)
 int ox_sha256_final(ox_sha256_ctx *ctx, uint8_t *out)
 {
     unsigned int outlen = 0;
+    int ok;
+    EVP_MD_CTX *tmp;
     if (ctx == NULL || out == NULL)
         return -1;
-    if (EVP_DigestFinal_ex(ctx->md, out, &outlen) != 1 || outlen != 32)
+    /* Finish a copy, so the context can still be updated and read again. */
+    tmp = EVP_MD_CTX_new();
+    if (tmp == NULL)
         return -1;
-    return 0;
+    ok = EVP_MD_CTX_copy_ex(tmp, ctx->md) == 1 &&
+         EVP_DigestFinal_ex(tmp, out, &outlen) == 1 && outlen == 32;
+    EVP_MD_CTX_free(tmp);
+    return ok ? 0 : -1;
 }
 
 void ox_sha256_free(ox_sha256_ctx *ctx)
@@ -63,6 +71,22 @@ int ox_sha256(const uint8_t *buf, size_t len, uint8_t *out)
     if (EVP_Digest(buf, len, out, &outlen, EVP_sha256(), NULL) != 1 || outlen != 32)
         return -1;
     return 0;
+}
+
+/* ---- Files ----------------------------------------------------------- */
+
+int ox_writeback(int fd, uint64_t offset, uint64_t len)
+{
+#ifdef SYNC_FILE_RANGE_WRITE
+    if (offset > (uint64_t)INT64_MAX || len > (uint64_t)INT64_MAX - offset)
+        return -1;
+    return sync_file_range(fd, (off64_t)offset, (off64_t)len, SYNC_FILE_RANGE_WRITE);
+#else
+    (void)fd;
+    (void)offset;
+    (void)len;
+    return 0;
+#endif
 }
 
 /* ---- Frames ----------------------------------------------------------- */
@@ -245,6 +269,43 @@ long ox_parse_data(const uint8_t *frame, size_t len, uint64_t *offset,
     *offset = get_be64(frame + 26);
     *exact = ((size_t)plen == len - (OX_ETH_HLEN + OX_HDR_LEN));
     return (long)(plen - 8);
+}
+
+long ox_read_offsets(const uint8_t *frame, size_t len, uint64_t *out)
+{
+    const size_t body = OX_ETH_HLEN + OX_HDR_LEN;
+    const uint32_t read_len = 8 + 8 * OX_SLOTS;
+    uint64_t noffsets;
+    size_t n = 0, nonzero = 0;
+
+    if (frame == NULL || out == NULL || len < body + read_len)
+        return -1;
+    if (frame[12] != (uint8_t)(OX_ETHERTYPE >> 8) || frame[13] != (uint8_t)OX_ETHERTYPE ||
+        get_be32(frame + 14) != OX_MAGIC || get_be32(frame + 18) != OX_T_READ ||
+        get_be32(frame + 22) != read_len)
+        return -1;
+    noffsets = get_be64(frame + body);
+    if (noffsets > OX_SLOTS)
+        return -1;
+    for (size_t i = 0; i < OX_SLOTS; i++) {
+        uint64_t off = get_be64(frame + body + 8 + 8 * i);
+        if (off == 0)
+            continue;
+        nonzero++;
+        /* Duplicates are rare and the list short: a linear check is cheap. */
+        size_t j;
+        for (j = 0; j < n; j++)
+            if (out[j] == off)
+                break;
+        if (j == n)
+            out[n++] = off;
+    }
+    if (nonzero < noffsets) {
+        memmove(out + 1, out, n * sizeof(*out));
+        out[0] = 0;
+        n++;
+    }
+    return (long)n;
 }
 
 #define RX_BATCH 64

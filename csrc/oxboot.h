@@ -26,11 +26,41 @@ typedef struct ox_sha256_ctx ox_sha256_ctx;
 
 ox_sha256_ctx *ox_sha256_new(void);
 int ox_sha256_update(ox_sha256_ctx *ctx, const uint8_t *buf, size_t len);
-/* Writes 32 bytes to out; the context may then only be freed. */
+/* Writes the 32-byte digest of everything so far to out; the context
+ * stays usable (more updates, another final). */
 int ox_sha256_final(ox_sha256_ctx *ctx, uint8_t *out);
 void ox_sha256_free(ox_sha256_ctx *ctx);
 /* One-shot digest of a buffer. Returns 0 on success, -1 on failure. */
 int ox_sha256(const uint8_t *buf, size_t len, uint8_t *out);
+
+/* ---- Files ----------------------------------------------------------- */
+
+/*
+ * Start writing [offset, offset+len) of fd back to disk without waiting
+ * (sync_file_range SYNC_FILE_RANGE_WRITE on Linux; a no-op elsewhere), so
+ * that the final fsync of a large output finds little left to do.
+ */
+int ox_writeback(int fd, uint64_t offset, uint64_t len);
+
+/* ---- Deflate (csrc/deflate.c) ---------------------------------------- */
+
+/*
+ * Most bytes ox_deflate_chunk may write for `len` input bytes (SIZE_MAX if
+ * that does not fit in a size_t). A cap of this size never fails for room.
+ */
+size_t ox_deflate_bound(size_t len);
+/*
+ * Compress in[0, len) with libdeflate at `level` (1..12) into a RAW deflate
+ * piece that is not final and ends byte-aligned with an empty stored block
+ * (... 00 00 ff ff), like zlib's Z_SYNC_FLUSH: such pieces concatenate into
+ * one deflate stream. Returns the length written, or -1 if the level or a
+ * pointer is bad, out of memory, or cap is too small (which libdeflate may
+ * report a few bytes early: pass ox_deflate_bound(len)). Never writes past
+ * out[cap - 1]. Thread-safe; each thread keeps its own compressor.
+ */
+long ox_deflate_chunk(int level, const uint8_t *in, size_t len, uint8_t *out, size_t cap);
+/* Adler-32 of buf[0, len) continuing from `adler` (1 to start). */
+uint32_t ox_adler32(uint32_t adler, const uint8_t *buf, size_t len);
 
 /* ---- Frames ----------------------------------------------------------- */
 
@@ -112,9 +142,37 @@ long ox_rx_data(int fd, const uint8_t *self_mac, const uint8_t *server, uint8_t 
                 uint32_t *busy_count, uint8_t *other, size_t other_cap,
                 size_t *other_len, size_t max_frames, ox_rx_stats *stats);
 
+/*
+ * The offsets a server must serve for one received READ frame (Ethernet
+ * header included), written to out[0..n): every non-zero slot of all 128,
+ * duplicates once, in slot order, plus offset 0 first when fewer slots are
+ * non-zero than noffsets says (offset 0 can only sit in slot 0). Returns n,
+ * or -1 if the frame is not a well-formed READ (len 1032, noffsets <= 128,
+ * len within the frame). `out` must hold OX_SLOTS + 1 entries.
+ */
+long ox_read_offsets(const uint8_t *frame, size_t len, uint64_t *out);
+
 /* Pure validation of a received DATA frame, shared by ox_rx_data and the
  * tests: returns payload length n (>= 0) and the offset, or -1. */
 long ox_parse_data(const uint8_t *frame, size_t len, uint64_t *offset,
                    int *exact);
+
+/* ---- DATA transmit through a PACKET_TX_RING ----------------------------- */
+
+typedef struct ox_txring ox_txring;
+
+/*
+ * Set up a TPACKET_V2 transmit ring of `frames` slots on fd (a raw socket
+ * used for nothing else: with a TX ring, send() only flushes the ring).
+ * Returns NULL with errno set on failure.
+ */
+ox_txring *ox_txring_open(int fd, unsigned frames);
+void ox_txring_close(ox_txring *r);
+/* As ox_tx_data, through the ring: one user-space copy into the ring, one
+ * send() per batch, and the kernel takes the ring pages without copying. */
+long ox_txring_send_data(ox_txring *r, const uint8_t *dst, const uint8_t *src,
+                         const uint8_t *image, uint64_t image_size,
+                         const uint64_t *offsets, size_t n, uint32_t chunk,
+                         ox_tx_stats *stats);
 
 #endif

@@ -8,6 +8,7 @@ destination and renamed into place only when complete.
 from __future__ import annotations
 
 import os
+import queue
 import stat
 import sys
 import time
@@ -35,7 +36,9 @@ from oxboot.fsutil import AtomicFile, describe_os_error
 from oxboot.pipeline import Worker
 from oxboot.progress import Progress
 
-READ_BLOCK = 8 << 20
+#: Read size: large enough for few syscalls, small enough to stay in cache.
+READ_BLOCK = 1 << 20
+POOL = 16
 
 _FLAGS = {Codec.NONE: 0, Codec.ZLIB: int(Flags.COMPRESSED), Codec.ZSTD: int(Flags.ZSTD)}
 
@@ -77,7 +80,7 @@ def _open_source(source: str | os.PathLike[str] | BinaryIO) -> tuple[BinaryIO, i
         if os.fspath(source) == "-":
             return sys.stdin.buffer, None, False
         try:
-            f = open(source, "rb")  # noqa: SIM115 - closed by the caller
+            f = open(source, "rb", buffering=0)  # noqa: SIM115 - closed by the caller
             st = os.fstat(f.fileno())
         except OSError as e:
             raise ImageError(f"cannot read {describe_os_error(e, source)}") from None
@@ -122,6 +125,10 @@ def build_image(
     one-line message on any problem, leaving no partial output behind.
     """
     started = time.monotonic()
+    try:
+        codec = Codec(codec)
+    except ValueError:
+        raise ImageError(f"unknown codec {codec!r}") from None
     _encode_name("image name", image_name)
     _encode_name("dataset name", dataset)
     if not 0 < target_size < 1 << 64:
@@ -145,11 +152,11 @@ def build_image(
                     image_name=image_name, dataset=dataset, warnings=warnings,
                 )
                 if csum is not None:
+                    # The checksum file first: if it cannot be put in place,
+                    # the old image is still there too.
                     csum.write_all(header.sha256)
-                    csum.sync()
-                out.commit()
-                if csum is not None:
                     csum.commit()
+                out.commit()
             finally:
                 if csum is not None:
                     csum.__exit__(None, None, None)
@@ -173,33 +180,46 @@ def _write_image(
 ) -> tuple[Header, Codec]:
     limit = min(target_size, MAX_IMAGE_SIZE)
     written = 0
+    # Blocks are read into a small pool of buffers and hashed right away,
+    # while they are still in the CPU cache; the writer thread hands stored
+    # blocks back to the pool once they are written.
+    pool: queue.SimpleQueue[bytearray] = queue.SimpleQueue()
+    for _ in range(POOL):
+        pool.put(bytearray(READ_BLOCK))
+    store = codec is Codec.NONE
 
     def write(data: bytes | memoryview) -> None:
         nonlocal written
         out.write_all(data, HEADER_SIZE + written)
         written += len(data)
+        if store and isinstance(data, memoryview):
+            pool.put(data.obj)  # type: ignore[arg-type]
 
     hasher = Sha256()
-    hash_worker: Worker[bytes] = Worker(hasher.update, depth=4, name="sha256")
-    write_worker: Worker[bytes | memoryview] = Worker(write, depth=8, name="writer")
+    write_worker: Worker[bytes | memoryview] = Worker(write, depth=POOL, name="writer")
     encoder = codecs.make_encoder(codec, write_worker.put, level=level, threads=threads,
                                   size=None)
     meter = Progress("mkimage", known_size, enabled=progress)
     raw = 0
+    readinto = src.readinto  # type: ignore[attr-defined]
     try:
         while True:
+            buf = _take(pool, write_worker)
             try:
-                block = src.read(READ_BLOCK)
+                n = readinto(buf)
             except OSError as e:
                 raise ImageError(f"cannot read input: {e.strerror}") from None
-            if not block:
+            if not n:
                 break
-            raw += len(block)
+            raw += n
             if raw > limit:
                 _check_size(raw, target_size)
-            hash_worker.put(block)
+            block = memoryview(buf)[:n]
+            hasher.update(block)
             encoder.feed(block)
-            meter.advance(len(block))
+            if not store:
+                pool.put(buf)  # the encoders copy what they keep
+            meter.advance(n)
         if known_size is not None and raw != known_size:
             raise ImageError(
                 f"input changed size while being read ({known_size} bytes, then {raw})"
@@ -207,14 +227,12 @@ def _write_image(
         pad = netboot_padding(raw) if pad_netboot else 0
         if pad:
             zeros = bytes(pad)
-            hash_worker.put(zeros)
+            hasher.update(zeros)
             encoder.feed(zeros)
         encoder.finish()
-        hash_worker.join()
         write_worker.join()
     except BaseException:
         encoder.close()
-        hash_worker.abort()
         write_worker.abort()
         raise
     finally:
@@ -248,6 +266,16 @@ def _write_image(
     )
     out.write_all(header.pack(), 0)
     return header, stored
+
+
+def _take(pool: queue.SimpleQueue[bytearray], writer: Worker[bytes | memoryview]) -> bytearray:
+    """A free buffer; if the writer has failed (and so will return none),
+    its error instead."""
+    while True:
+        try:
+            return pool.get(timeout=0.05)
+        except queue.Empty:
+            writer.check()
 
 
 def _restore_raw(out: AtomicFile, codec: Codec, data_size: int, image_size: int) -> int:

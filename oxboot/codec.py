@@ -171,9 +171,9 @@ class Zstd:
 def make_encoder(codec: Codec, sink: Sink, *, level: int | None = None,
                  threads: int | None = None, size: int | None = None) -> Encoder:
     if codec is Codec.ZLIB:
-        return ParallelZlib(sink, level or DEFAULT_ZLIB_LEVEL, threads)
+        return ParallelZlib(sink, DEFAULT_ZLIB_LEVEL if level is None else level, threads)
     if codec is Codec.ZSTD:
-        return Zstd(sink, level or DEFAULT_ZSTD_LEVEL, threads, size)
+        return Zstd(sink, DEFAULT_ZSTD_LEVEL if level is None else level, threads, size)
     return Store(sink)
 
 
@@ -209,6 +209,14 @@ def decode(codec: Codec, f: BinaryIO, data_size: int, image_size: int,
     Raises ImageError when the stream is corrupt, ends early, holds more
     than `image_size` bytes or is followed by stray bytes.
     """
+    if codec is Codec.ZSTD:
+        # The decoder cannot tell where its frame ended, so check first that
+        # the data is exactly one whole frame: no more, no less.
+        start = f.tell()
+        size = zstd_frame_size(f, data_size)
+        if size != data_size:
+            raise ImageError(f"zstd frame is {size} bytes but data size is {data_size}")
+        f.seek(start)
     src = _Limited(f, data_size, on_read)
     if codec is Codec.ZLIB:
         yield from _inflate(src, image_size, step)
@@ -248,7 +256,7 @@ def _unzstd(src: _Limited, image_size: int, step: int) -> Iterator[bytes]:
 
     produced = 0
     try:
-        reader = zstandard.ZstdDecompressor().stream_reader(src, read_across_frames=True)
+        reader = zstandard.ZstdDecompressor().stream_reader(src, read_across_frames=False)
         while chunk := reader.read(step):
             produced += len(chunk)
             if produced > image_size:
@@ -256,3 +264,42 @@ def _unzstd(src: _Limited, image_size: int, step: int) -> Iterator[bytes]:
             yield chunk
     except zstandard.ZstdError as e:
         raise ImageError(f"corrupt zstd stream ({e})") from None
+
+
+_ZSTD_MAGIC = 0xFD2FB528
+
+
+def zstd_frame_size(f: BinaryIO, limit: int) -> int:
+    """Length of the zstd frame starting at f's position, found by walking
+    the block headers (RFC 8878, 3.1.1) without decompressing; reads a few
+    bytes per 128 KiB block. Raises ImageError if it is not a complete frame
+    within `limit` bytes."""
+    import zstandard
+
+    head = f.read(18)
+    if len(head) < 6 or int.from_bytes(head[:4], "little") != _ZSTD_MAGIC:
+        raise ImageError("data is not a zstd frame")
+    try:
+        pos = zstandard.frame_header_size(head)
+    except zstandard.ZstdError as e:
+        raise ImageError(f"corrupt zstd frame header ({e})") from None
+    has_checksum = bool(head[4] & 0x04)
+    base = f.tell() - len(head)
+    while True:
+        if pos + 3 > limit:
+            raise ImageError("zstd frame ends early")
+        f.seek(base + pos)
+        raw = f.read(3)
+        if len(raw) < 3:
+            raise ImageError("zstd frame ends early")
+        word = int.from_bytes(raw, "little")
+        last, kind, size = word & 1, (word >> 1) & 3, word >> 3
+        if kind == 3:
+            raise ImageError("corrupt zstd frame (reserved block type)")
+        pos += 3 + (1 if kind == 1 else size)
+        if last:
+            break
+    pos += 4 if has_checksum else 0
+    if pos > limit:
+        raise ImageError("zstd frame ends early")
+    return pos

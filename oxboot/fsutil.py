@@ -12,7 +12,11 @@ import tempfile
 from pathlib import Path
 from types import TracebackType
 
+from oxboot._native import lib
 from oxboot.format import ImageError
+
+#: Start writeback every this many bytes, so the final fsync is short.
+WRITEBACK_EVERY = 16 << 20
 
 
 def _umask() -> int:
@@ -37,15 +41,19 @@ class AtomicFile:
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
         directory = self.path.parent
+        if self.path.is_dir():
+            raise ImageError(f"cannot write {self.path}: it is a directory")
+        # Keep the temporary's name within NAME_MAX however long the target's.
+        stem = os.fsencode(self.path.name)[:200].decode(errors="ignore")
         try:
-            fd, tmp = tempfile.mkstemp(
-                prefix=f".{self.path.name}.", suffix=".tmp", dir=directory
-            )
+            fd, tmp = tempfile.mkstemp(prefix=f".{stem}.", suffix=".tmp", dir=directory)
         except OSError as e:
             raise ImageError(f"cannot write {self.path}: {e.strerror}") from None
         self.fd = fd
         self.tmp = Path(tmp)
         self._done = False
+        self._unsynced_from = 0
+        self._end = 0
         # mkstemp makes the file 0600; give it the mode a plain open would.
         os.fchmod(fd, 0o666 & ~_umask())
 
@@ -66,11 +74,15 @@ class AtomicFile:
                     n = os.write(self.fd, view)
                 else:
                     n = os.pwrite(self.fd, view, offset)
-                view = view[n:]
-                if offset is not None:
                     offset += n
+                view = view[n:]
+                self._end = offset if offset is not None else self._end + n
         except OSError as e:
             raise ImageError(f"cannot write {self.path}: {e.strerror}") from None
+        if self._end - self._unsynced_from >= WRITEBACK_EVERY:
+            # Let the disk work while we compute: the data is final.
+            lib.ox_writeback(self.fd, self._unsynced_from, self._end - self._unsynced_from)
+            self._unsynced_from = self._end
 
     def sync(self) -> None:
         try:

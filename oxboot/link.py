@@ -16,18 +16,24 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from oxboot._native import ffi, lib
-from oxboot.protocol import ETHERTYPE
+from oxboot.protocol import CHUNK, ETHERTYPE
 
 SOL_PACKET = 263
 PACKET_ADD_MEMBERSHIP = 1
 PACKET_MR_UNICAST = 3
+PACKET_STATISTICS = 6
 PACKET_QDISC_BYPASS = 20
 PACKET_IGNORE_OUTGOING = 23
 SO_SNDBUFFORCE = 32
 SO_RCVBUFFORCE = 33
 MAX_FRAME = 2048
 
-TX_METHODS = {"sendmmsg": lib.OX_TX_SENDMMSG, "send": lib.OX_TX_SEND}
+#: DATA transmit mechanisms, the measured fastest first (BENCHMARKS.md):
+#: sendmmsg with iovecs into the image mapping (no user-space copy), a
+#: PACKET_TX_RING (one copy into the ring; on veth it waits for the peer to
+#: free each frame, which costs more than it saves), plain send per frame.
+TX_METHODS = ("sendmmsg", "ring", "send")
+RING_FRAMES = 512
 
 
 class LinkError(OSError):
@@ -79,8 +85,14 @@ class RawLink:
     """A raw packet socket bound to `ifname` for the oxboot ethertype."""
 
     def __init__(self, ifname: str, extra_macs: Sequence[bytes] = (), *,
-                 buffer_bytes: int = 8 << 20, qdisc_bypass: bool = False) -> None:
+                 buffer_bytes: int = 8 << 20, qdisc_bypass: bool = False,
+                 tx_method: str = "sendmmsg") -> None:
+        if tx_method not in TX_METHODS:
+            raise ValueError(f"unknown transmit method {tx_method!r}")
         self.ifname = ifname
+        self.tx_method = tx_method
+        self._ring = ffi.NULL
+        self._txsock: socket.socket | None = None
         try:
             self.ifindex = socket.if_nametoindex(ifname)
         except OSError:
@@ -112,16 +124,50 @@ class RawLink:
             raise LinkError(e.errno or errno.EIO, f"{ifname}: {e.strerror or e}") from None
         self._stats = ffi.new("ox_tx_stats *")
         self.tx = TxStats()
+        if tx_method == "ring":
+            self._open_ring()
 
+    def _open_ring(self) -> None:
+        # A TX ring turns send() into "flush the ring", so it gets a socket of
+        # its own; protocol 0 means this socket receives nothing.
+        tx = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
+        try:
+            tx.bind((self.ifname, 0))
+            # Straight to the driver: no qdisc for frames we pace ourselves.
+            tx.setsockopt(SOL_PACKET, PACKET_QDISC_BYPASS, 1)
+            ring = lib.ox_txring_open(tx.fileno(), RING_FRAMES)
+            if ring == ffi.NULL:
+                code = ffi.errno
+                raise LinkError(code, f"{self.ifname}: cannot set up a TX ring: "
+                                f"{os.strerror(code)}")
+        except BaseException:
+            tx.close()
+            self.sock.close()
+            raise
+        self._txsock = tx
+        self._ring = ring
     def add_unicast(self, mac: bytes) -> None:
         """Receive frames sent to `mac` too (a secondary unicast address)."""
         mreq = struct.pack("iHH8s", self.ifindex, PACKET_MR_UNICAST, 6, mac)
         self.sock.setsockopt(SOL_PACKET, PACKET_ADD_MEMBERSHIP, mreq)
 
+    def rx_stats(self) -> tuple[int, int]:
+        """(frames received, frames the kernel dropped for a full queue) since
+        the last call (PACKET_STATISTICS resets on read)."""
+        raw = self.sock.getsockopt(SOL_PACKET, PACKET_STATISTICS, 8)
+        packets, drops = struct.unpack("II", raw)
+        return packets, drops
+
     def fileno(self) -> int:
         return self.sock.fileno()
 
     def close(self) -> None:
+        if self._ring != ffi.NULL:
+            lib.ox_txring_close(self._ring)
+            self._ring = ffi.NULL
+        if self._txsock is not None:
+            self._txsock.close()
+            self._txsock = None
         self.sock.close()
 
     def __enter__(self) -> RawLink:
@@ -152,16 +198,21 @@ class RawLink:
                 return
 
     def send_data(self, dst: bytes, src: bytes, image: object, image_size: int,
-                  offsets: Sequence[int], method: int = lib.OX_TX_SENDMMSG) -> int:
+                  offsets: Sequence[int]) -> int:
         """Build and send one DATA frame per offset in the C core, payload
-        gathered straight from `image` (a cffi pointer to the raw image)."""
+        taken straight from `image` (a cffi pointer to the raw image)."""
         if not offsets:
             return 0
         offs = ffi.new("uint64_t[]", offsets)
         st = self._stats
         st.frames = st.bytes = st.syscalls = 0
-        n = lib.ox_tx_data(self.sock.fileno(), method, dst, src, image, image_size, offs,
-                           len(offsets), 1024, st)
+        if self._ring != ffi.NULL:
+            n = lib.ox_txring_send_data(self._ring, dst, src, image, image_size, offs,
+                                        len(offsets), CHUNK, st)
+        else:
+            method = lib.OX_TX_SEND if self.tx_method == "send" else lib.OX_TX_SENDMMSG
+            n = lib.ox_tx_data(self.sock.fileno(), method, dst, src, image, image_size,
+                               offs, len(offsets), CHUNK, st)
         self.tx.frames += st.frames
         self.tx.bytes += st.bytes
         self.tx.syscalls += st.syscalls

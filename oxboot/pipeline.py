@@ -40,9 +40,13 @@ class Worker(Generic[T]):
                 except BaseException as e:  # noqa: BLE001 - handed to the caller
                     self._error = e
 
-    def put(self, item: T) -> None:
+    def check(self) -> None:
+        """Re-raise the worker's error, if it has failed."""
         if self._error is not None:
             raise self._error
+
+    def put(self, item: T) -> None:
+        self.check()
         self._q.put(item)
 
     def join(self) -> None:

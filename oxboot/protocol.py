@@ -538,21 +538,36 @@ class BootServer:
         """Decide what to do about one received frame."""
         self.counters["frames"] += 1
         src = frame.src
-        if src in self._image_of:
-            # Our own transmissions come back on a packet socket.
-            return self._ignore(src, "own frame")
-        if not src or src[0] & 1:
-            return self._ignore(src, "multicast source")
-        if self.allow is not None and src not in self.allow:
-            return self._ignore(src, "host not allowed")
+        if (refusal := self._refusal(src)) is not None:
+            return self._ignore(src, refusal)
         match frame.msg:
             case Hello():
                 return self._on_hello(frame, now)
             case Read() as read:
-                return self._on_read(frame, read, now)
+                return self._on_read(src, frame.dst, due_offsets(read), now)
             case Finished():
                 return self._on_finished(frame, now)
         return self._ignore(src, f"{type(frame.msg).__name__.upper()} is not a client message")
+
+    def receive_read(self, src: bytes, dst: bytes, offsets: list[int],
+                     now: float) -> list[Action]:
+        """A READ already reduced to its :func:`due_offsets` (the I/O layer's
+        fast path does that in the C core); same decisions as :meth:`receive`."""
+        self.counters["frames"] += 1
+        if (refusal := self._refusal(src)) is not None:
+            return self._ignore(src, refusal)
+        return self._on_read(src, dst, offsets, now)
+
+    def _refusal(self, src: bytes) -> str | None:
+        """Why frames from `src` are not for us to answer, if they are not."""
+        if src in self._image_of:
+            # Our own transmissions come back on a packet socket.
+            return "own frame"
+        if not src or src[0] & 1:
+            return "multicast source"
+        if self.allow is not None and src not in self.allow:
+            return "host not allowed"
+        return None
 
     def receive_bytes(self, buf: bytes | bytearray | memoryview, now: float) -> list[Action]:
         """Parse then :meth:`receive`; a bad frame is counted and ignored."""
@@ -598,9 +613,8 @@ class BootServer:
             for i, (offer, mac) in enumerate(zip(self.images, self.server_macs, strict=True))
         ]
 
-    def _on_read(self, frame: Frame, read: Read, now: float) -> list[Action]:
-        src = frame.src
-        image = self._image_of.get(frame.dst)
+    def _on_read(self, src: bytes, dst: bytes, offsets: list[int], now: float) -> list[Action]:
+        image = self._image_of.get(dst)
         if image is None:
             # Likely a READ for another boot server on the segment: not ours
             # to answer, and certainly not to RESET.
@@ -615,7 +629,7 @@ class BootServer:
                 # Several images and no HELLO seen: we cannot vouch for what
                 # the client was offered, so make it start over.
                 self.counters["resets"] += 1
-                return [SendReset(src, frame.dst)]
+                return [SendReset(src, dst)]
             # One image: the sled is resuming after a server restart.
             session = self._new_session(src, now)
             if session is None:
@@ -629,22 +643,22 @@ class BootServer:
         elif session.image != image:
             del self.sessions[src]  # the client will panic and HELLO again
             self.counters["resets"] += 1
-            return [SendReset(src, frame.dst)]
+            return [SendReset(src, dst)]
 
-        offsets = due_offsets(read)
         session.reads += 1
         self.counters["reads"] += 1
         if not offsets:
             return [*actions, *self._ignore(src, "READ with no offsets")]
         # The OS client's batches only move forward, so an offset below the
         # high-water mark is one it is asking for again.
-        again = sum(1 for offset in offsets if offset < session.high_water)
-        session.high_water = max(session.high_water, max(offsets) + CHUNK)
+        high = session.high_water
+        again = 0 if min(offsets) >= high else sum(1 for offset in offsets if offset < high)
+        session.high_water = max(high, max(offsets) + CHUNK)
         session.retransmits += again
         session.offsets_served += len(offsets)
         self.counters["offsets"] += len(offsets)
         self.counters["retransmits"] += again
-        actions.append(ServeData(src, frame.dst, image, tuple(offsets)))
+        actions.append(ServeData(src, dst, image, tuple(offsets)))
         return actions
 
     def _on_finished(self, frame: Frame, now: float) -> list[Action]:

@@ -71,7 +71,9 @@ def command(name: str) -> list[str]:
     sanitizer run, the module from the instrumented tree on PYTHONPATH."""
     if SANITIZED:
         return [sys.executable, "-m", f"oxboot.cli.{_MODULES[name]}"]
-    exe = shutil.which(name)
+    # Beside the interpreter first: version-manager shims on PATH are slow.
+    beside = Path(sys.executable).parent / name
+    exe = str(beside) if beside.exists() else shutil.which(name)
     if exe is None:
         pytest.fail(f"{name} is not installed (pip install .)")
     return [exe]

@@ -193,9 +193,6 @@ def test_sha256_incremental_any_split(data: bytes, cuts: list[int]) -> None:
     assert h.digest() == hashlib.sha256(data).digest() == sha256(data)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: Sha256.digest() finalises the OpenSSL context; "
-                   "a second digest()/hexdigest() silently returns a wrong hash (hashlib "
-                   "semantics: digest() is repeatable)")
 def test_sha256_digest_is_repeatable() -> None:
     h = Sha256(b"abc")
     first = h.digest()

@@ -37,7 +37,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     entry = COMMANDS.get(args[0])
     if entry is None:
-        sys.stderr.write(f"Error: unknown command {args[0]!r}\n" + usage())
+        sys.stderr.write(f"Error: unknown command {args[0]!r} (one of: "
+                         f"{', '.join(COMMANDS)}; see 'oxboot --help')\n")
         return 1
     module = importlib.import_module(entry[0])
     return int(module.main(args[1:], prog=f"oxboot {args[0]}"))

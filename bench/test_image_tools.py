@@ -1,0 +1,140 @@
+"""mkimage / lookimage throughput against same-run baselines.
+
+Baselines: `openssl dgst -sha256` of the same file (the hash every tool
+must do); single-threaded zlib of the same data at the same level (what
+parallel compression must beat without losing ratio).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import zlib
+from pathlib import Path
+
+import pytest
+from conftest import QUICK, best_of, note, record, run
+
+from oxboot.codec import DEFAULT_ZLIB_LEVEL
+
+ROUNDS = 2 if QUICK else 3
+
+
+def tool(name: str) -> str:
+    """The console script itself, beside this interpreter: version-manager
+    shims (pyenv) on PATH would add their own start-up time."""
+    exe = Path(sys.executable).parent / name
+    if exe.exists():
+        return str(exe)
+    found = shutil.which(name)
+    assert found, f"{name} not installed"
+    return found
+
+
+def openssl_time(path: Path) -> float:
+    return best_of(lambda: run(["openssl", "dgst", "-sha256", str(path)]), ROUNDS)
+
+
+@pytest.fixture(scope="module")
+def warm(dataset: Path) -> Path:
+    dataset.read_bytes()  # page cache: every contender reads from memory
+    return dataset
+
+
+def test_mkimage_raw_vs_openssl(benchmark, warm: Path, tmp_path: Path) -> None:
+    out = tmp_path / "raw.img"
+    base = openssl_time(warm)
+    argv = [tool("mkimage"), "-i", str(warm), "-o", str(out), "--pad-netboot"]
+    benchmark.pedantic(lambda: run(argv), rounds=ROUNDS, iterations=1)
+    ours = benchmark.stats.stats.min
+    record("mkimage_raw_vs_openssl", ours / base, seconds=round(ours, 3),
+           openssl_seconds=round(base, 3), bytes=warm.stat().st_size)
+
+
+def test_lookimage_raw_vs_openssl(benchmark, warm: Path, tmp_path: Path) -> None:
+    img = tmp_path / "raw.img"
+    run([tool("mkimage"), "-i", str(warm), "-o", str(img), "--pad-netboot"])
+    img.read_bytes()
+    base = openssl_time(img)
+    argv = [tool("lookimage"), str(img)]
+    benchmark.pedantic(lambda: run(argv), rounds=ROUNDS + 2, iterations=1)
+    ours = benchmark.stats.stats.min
+    record("lookimage_raw_vs_openssl", ours / base, seconds=round(ours, 3),
+           openssl_seconds=round(base, 3))
+
+
+def _single_zlib(data: bytes, level: int) -> tuple[float, int]:
+    from zlib_ng import zlib_ng
+
+    size = 0
+
+    def go() -> None:
+        nonlocal size
+        size = len(zlib_ng.compress(data, level))
+
+    return best_of(go, 1), size
+
+
+def test_mkimage_zlib9_parallel_vs_single(benchmark, warm: Path, tmp_path: Path) -> None:
+    data = warm.read_bytes()
+    single_t, single_size = _single_zlib(data, 9)
+    out = tmp_path / "z9.img"
+    argv = [tool("mkimage"), "-i", str(warm), "-o", str(out), "-z", "--level", "9"]
+    benchmark.pedantic(lambda: run(argv), rounds=1, iterations=1)
+    ours = benchmark.stats.stats.min
+    size = out.stat().st_size - 4096
+    cores = len(os.sched_getaffinity(0))
+    record("mkimage_zlib9_2core_speedup", single_t / ours, cores=cores,
+           seconds=round(ours, 3), single_seconds=round(single_t, 3))
+    record("mkimage_zlib9_size_vs_single", size / single_size, bytes=size,
+           single_bytes=single_size)
+
+
+def test_mkimage_default_level(benchmark, warm: Path, tmp_path: Path) -> None:
+    data = warm.read_bytes()
+    ref = len(zlib.compress(data, 9))  # stdlib zlib-9, a stand-in for the original's miniz-9
+    out = tmp_path / "zd.img"
+    argv = [tool("mkimage"), "-i", str(warm), "-o", str(out), "-z"]
+    benchmark.pedantic(lambda: run(argv), rounds=1 if not QUICK else 2, iterations=1)
+    ours = benchmark.stats.stats.min
+    size = out.stat().st_size - 4096
+    mbps = len(data) / ours / 1e6
+    record("mkimage_default_mbps", mbps, level=DEFAULT_ZLIB_LEVEL, seconds=round(ours, 3))
+    record("mkimage_default_size_vs_zlib9", size / ref, bytes=size, zlib9_bytes=ref)
+
+
+def test_lookimage_zlib_overlap(benchmark, warm: Path, tmp_path: Path) -> None:
+    img = tmp_path / "zd.img"
+    run([tool("mkimage"), "-i", str(warm), "-o", str(img), "-z", "--pad-netboot"])
+    payload = img.read_bytes()[4096:]
+    raw = warm.read_bytes()
+    from zlib_ng import zlib_ng
+
+    from oxboot._native import sha256
+
+    inflate_t = best_of(lambda: zlib_ng.decompress(payload), ROUNDS)
+    hash_t = best_of(lambda: sha256(raw), ROUNDS)
+    argv = [tool("lookimage"), str(img)]
+    benchmark.pedantic(lambda: run(argv), rounds=ROUNDS, iterations=1)
+    ours = benchmark.stats.stats.min
+    slower = max(inflate_t, hash_t)
+    record("lookimage_zlib_vs_slower_half", ours / slower, seconds=round(ours, 3),
+           inflate_seconds=round(inflate_t, 3), hash_seconds=round(hash_t, 3))
+    note("lookimage_zlib", seconds=round(ours, 3), sum_of_parts=round(inflate_t + hash_t, 3))
+
+
+def test_python_startup_cost() -> None:
+    """Context: what an empty interpreter + our import costs (the floor under
+    every CLI timing above)."""
+    bare = best_of(lambda: subprocess.run([sys.executable, "-c", "pass"], check=True), 3)
+    ours = best_of(lambda: subprocess.run([tool("lookimage"), "--help"], check=True,
+                                          capture_output=True), 3)
+    note("startup", python_seconds=round(bare, 4), lookimage_help_seconds=round(ours, 4))
+    assert ours < 5  # sanity only; timings are ratios elsewhere
+
+
+def _threads_note() -> None:
+    note("threads", active=threading.active_count())

@@ -1,0 +1,177 @@
+"""Boot server throughput over a veth pair (and a bridge), against trafgen
+on the same link in the same run.
+
+- frames/s of DATA the server sustains for a client that keeps READs
+  outstanding, vs trafgen sending frames of the same size (1058 bytes);
+- server CPU per DATA frame vs trafgen's;
+- a full boot with the OS-faithful client (MB/s), vs trafgen's byte rate;
+- 16 sleds at once on a bridge: aggregate MB/s vs one sled alone.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import QUICK, note, record
+
+from oxboot import build_image
+from oxboot.netlab import Host, Lab, wait_for
+
+HERE = Path(__file__).resolve().parent
+FRAME = 14 + 12 + 8 + 1024  # a full DATA frame: 1058 bytes
+BLAST_SECONDS = 2.0 if QUICK else 5.0
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (namespaces)")
+
+
+def script(name: str) -> list[str]:
+    exe = Path(sys.executable).parent / name
+    return [str(exe)] if exe.exists() else [sys.executable, "-m", f"oxboot.cli.{name}"]
+
+
+@pytest.fixture
+def lab():
+    lab = Lab()
+    try:
+        yield lab
+    finally:
+        lab.close()
+
+
+@pytest.fixture(scope="module")
+def image(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    size = (64 if QUICK else 256) << 20
+    d = tmp_path_factory.mktemp("netbench")
+    raw = d / "img.raw"
+    with open(raw, "wb") as f:
+        f.write(os.urandom(size // 2))
+        f.write(bytes(size // 4))
+        f.write(os.urandom(size // 4))
+    build_image(raw, d / "img.img", target_size=size)
+    img = d / "img.img"
+    img.read_bytes()
+    return img
+
+
+def trafgen(host: Host, seconds: float, sink: Host) -> dict[str, float]:
+    """Frames/s and CPU/frame of trafgen sending 1058-byte frames of our
+    ethertype on one core, to a receiver draining a raw socket exactly as
+    the benchmark client does (the receive side costs the sender too: veth
+    delivers in the sender's context)."""
+    dst = sink.mac()
+    drain = subprocess.Popen(sink.cmd([sys.executable, str(HERE / "blaster.py"), sink.ifname,
+                                       str(seconds + 3), "0"]),
+                             stdout=subprocess.PIPE, text=True)
+    time.sleep(0.5)
+    conf = Path(f"/tmp/oxboot-trafgen-{os.getpid()}.cfg")
+    mac = ", ".join(f"0x{b}" for b in dst.split(":"))
+    conf.write_text(f"{{ {mac}, 0x02, 0x00, 0x00, 0x00, 0x00, 0x09, c16(0x1de0), "
+                    f"fill(0x00, {FRAME - 14}) }}\n")
+    try:
+        # Size the run to take about `seconds` at ~1.5 M frames/s.
+        n = int(1_500_000 * seconds)
+        t0 = time.perf_counter()
+        r0 = os.times()
+        p = subprocess.run(host.cmd(["trafgen", "--dev", host.ifname, "--conf", str(conf),
+                                     "--num", str(n), "--cpus", "1", "-q"]),
+                           capture_output=True, text=True, timeout=120)
+        wall = time.perf_counter() - t0
+        r1 = os.times()
+    finally:
+        conf.unlink(missing_ok=True)
+        drain.kill()
+        drain.wait()
+    out = p.stdout + p.stderr
+    m = re.search(r"(\d+) sec, (\d+) usec on CPU", out)
+    cpu = (r1.children_user - r0.children_user) + (r1.children_system - r0.children_system)
+    busy = int(m.group(1)) + int(m.group(2)) / 1e6 if m else wall
+    return {"fps": n / busy, "cpu_per_frame_us": cpu / n * 1e6, "frames": n}
+
+
+def server_stats(log: Path) -> list[dict]:
+    return [e for e in (json.loads(x) for x in log.read_text().splitlines()
+                        if x.startswith("{")) if e["event"] == "stats"]
+
+
+def test_server_frames_per_second_vs_trafgen(lab: Lab, image: Path, tmp_path: Path) -> None:
+    srv, cli = lab.pair()
+    # Something listening on the client side for both contenders alike.
+    base = trafgen(srv, BLAST_SECONDS, cli)
+    log = tmp_path / "srv.log"
+    lab.start(srv, [*script("bootserver"), "--json", srv.ifname, str(image), "any"], log)
+    wait_for(lambda: '"event": "image"' in log.read_text(), 30, "server")
+    # Ask for ~2.5 M frames/s: more than the server can send, so it never idles.
+    p = subprocess.run(cli.cmd([sys.executable, str(HERE / "blaster.py"), cli.ifname,
+                                str(BLAST_SECONDS + 1), "20000"]),
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    stats = server_stats(log)
+    # Steady state: the best whole second between the first and the last.
+    steady = [(b["tx_frames"] - a["tx_frames"]) / max(b["time"] - a["time"], 1e-3)
+              for a, b in zip(stats, stats[1:], strict=False) if b["tx_frames"] > a["tx_frames"]]
+    assert steady, stats
+    fps = max(steady)
+    a, b = stats[0], stats[-1]
+    frames = b["tx_frames"] - a["tx_frames"]
+    cpu = (b["cpu_user"] + b["cpu_system"]) - (a["cpu_user"] + a["cpu_system"])
+    cpu_us = cpu / max(frames, 1) * 1e6
+    note("server_cpu_per_frame", server_us=round(cpu_us, 3),
+         trafgen_us=round(base["cpu_per_frame_us"], 3))
+    record("server_fps_vs_trafgen", fps / base["fps"], server_fps=round(fps),
+           trafgen_fps=round(base["fps"]), server_cpu_us_per_frame=round(cpu_us, 3),
+           trafgen_cpu_us_per_frame=round(base["cpu_per_frame_us"], 3))
+
+
+def _boot(host: Host, image: Path, timeout: float = 300) -> dict:
+    p = subprocess.run(host.cmd([*script("oxboot"), "netboot", host.ifname, "--want-image",
+                                 str(image), "--json", "-t", str(timeout)]),
+                       capture_output=True, text=True, timeout=timeout + 30)
+    assert p.returncode == 0, (p.stdout, p.stderr)
+    return json.loads(p.stdout.splitlines()[-1])
+
+
+def test_faithful_client_boot_vs_trafgen(lab: Lab, image: Path, tmp_path: Path) -> None:
+    srv, cli = lab.pair()
+    base = trafgen(srv, BLAST_SECONDS, cli)
+    log = tmp_path / "srv.log"
+    lab.start(srv, [*script("bootserver"), "--json", srv.ifname, str(image), "any"], log)
+    wait_for(lambda: '"event": "image"' in log.read_text(), 30, "server")
+    results = [_boot(cli, image) for _ in range(1 if QUICK else 2)]
+    best = max(r["mbps"] for r in results)
+    trafgen_mbps = base["fps"] * FRAME / 1e6
+    record("faithful_boot_vs_trafgen_bytes", best / trafgen_mbps, boot_mbps=round(best, 1),
+           trafgen_mbps=round(trafgen_mbps, 1), image_bytes=results[0]["image_size"])
+
+
+def test_sixteen_sleds_aggregate(lab: Lab, image: Path, tmp_path: Path) -> None:
+    n = 16
+    hosts = lab.bridge(n + 1)
+    srv, sleds = hosts[0], hosts[1:]
+    log = tmp_path / "srv.log"
+    lab.start(srv, [*script("bootserver"), "--json", srv.ifname, str(image), "any"], log)
+    wait_for(lambda: '"event": "image"' in log.read_text(), 30, "server")
+    one = _boot(sleds[0], image)
+    t0 = time.monotonic()
+    procs = [subprocess.Popen(s.cmd([*script("oxboot"), "netboot", s.ifname, "--want-image",
+                                     str(image), "--json", "-t", "600"]),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for s in sleds]
+    results = []
+    for p in procs:
+        out, err = p.communicate(timeout=900)
+        assert p.returncode == 0, (out, err)
+        results.append(json.loads(out.splitlines()[-1]))
+    wall = time.monotonic() - t0
+    total = sum(r["image_size"] for r in results)
+    aggregate = total / wall / 1e6
+    slowest = min(r["mbps"] for r in results)
+    record("sleds16_aggregate_vs_one", aggregate / one["mbps"], aggregate_mbps=round(aggregate, 1),
+           one_sled_mbps=round(one["mbps"], 1), slowest_sled_mbps=round(slowest, 1),
+           wall_seconds=round(wall, 2))
