@@ -86,11 +86,12 @@ class RawLink:
 
     def __init__(self, ifname: str, extra_macs: Sequence[bytes] = (), *,
                  buffer_bytes: int = 8 << 20, qdisc_bypass: bool = False,
-                 tx_method: str = "sendmmsg") -> None:
+                 tx_method: str = "sendmmsg", receive: bool = True) -> None:
         if tx_method not in TX_METHODS:
             raise ValueError(f"unknown transmit method {tx_method!r}")
         self.ifname = ifname
         self.tx_method = tx_method
+        self._receive = receive
         self._ring = ffi.NULL
         self._txsock: socket.socket | None = None
         try:
@@ -98,13 +99,16 @@ class RawLink:
         except OSError:
             raise LinkError(errno.ENODEV, f"no such network interface: {ifname}") from None
         try:
-            sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETHERTYPE))
+            # Protocol 0: a transmit-only socket, which the kernel never
+            # hands received frames to.
+            proto = socket.htons(ETHERTYPE) if receive else 0
+            sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, proto)
         except PermissionError:
             raise LinkError(errno.EPERM, "raw sockets need CAP_NET_RAW (run as root, or "
                             "grant the capability)") from None
         self.sock = sock
         try:
-            sock.bind((ifname, ETHERTYPE))
+            sock.bind((ifname, ETHERTYPE if receive else 0))
             # Our own transmitted frames would otherwise come back to us.
             sock.setsockopt(SOL_PACKET, PACKET_IGNORE_OUTGOING, 1)
             for opt, fallback in ((SO_SNDBUFFORCE, socket.SO_SNDBUF),
@@ -128,11 +132,13 @@ class RawLink:
             self._open_ring()
 
     def _open_ring(self) -> None:
-        # A TX ring turns send() into "flush the ring", so it gets a socket of
-        # its own; protocol 0 means this socket receives nothing.
-        tx = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
+        # A TX ring turns send() into "flush the ring", so it needs a socket
+        # that sends nothing else: this one, if it only transmits, or one of
+        # its own (protocol 0: it receives nothing).
+        tx = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0) if self._receive else self.sock
         try:
-            tx.bind((self.ifname, 0))
+            if tx is not self.sock:
+                tx.bind((self.ifname, 0))
             # Straight to the driver: no qdisc for frames we pace ourselves.
             tx.setsockopt(SOL_PACKET, PACKET_QDISC_BYPASS, 1)
             ring = lib.ox_txring_open(tx.fileno(), RING_FRAMES)
@@ -141,10 +147,11 @@ class RawLink:
                 raise LinkError(code, f"{self.ifname}: cannot set up a TX ring: "
                                 f"{os.strerror(code)}")
         except BaseException:
-            tx.close()
+            if tx is not self.sock:
+                tx.close()
             self.sock.close()
             raise
-        self._txsock = tx
+        self._txsock = tx if tx is not self.sock else None
         self._ring = ring
     def add_unicast(self, mac: bytes) -> None:
         """Receive frames sent to `mac` too (a secondary unicast address)."""

@@ -24,8 +24,10 @@ from pathlib import Path
 from typing import TextIO
 
 from oxboot._native import ffi, lib
+from oxboot.codec import default_threads
 from oxboot.format import HEADER_SIZE, NETBOOT_ALIGN, Codec, Header, ImageError
 from oxboot.link import RawLink, image_mac, mac_str
+from oxboot.privileges import drop_privileges
 from oxboot.progress import human
 from oxboot.protocol import (
     CHUNK,
@@ -42,6 +44,7 @@ from oxboot.protocol import (
     SessionStarted,
     encode_dataset,
 )
+from oxboot.txworkers import Job, TxPool
 from oxboot.verify import check_header, copy_data
 
 _READ_TYPE = int(MsgType.READ).to_bytes(4, "big")
@@ -182,7 +185,8 @@ class Server:
                  allow: Sequence[bytes] | None, *, once: bool = False,
                  hello_timeout: float | None = None, log: EventLog | None = None,
                  tx_method: str = "sendmmsg", scratch: str | None = None,
-                 read_rate: float = 100_000.0,
+                 read_rate: float = 100_000.0, workers: int | None = None,
+                 user: str | None = None,
                  on_ready: Callable[[Server], None] | None = None) -> None:
         self.log = log or EventLog()
         self.paths = [Path(p) for p in images]
@@ -195,10 +199,13 @@ class Server:
             for note in netboot_warnings(img):
                 self.log.event("warning", note, message=note)
             self.images.append(img)
-        self.link = RawLink(link, [], tx_method=tx_method)
+        self.link = RawLink(link, [])
         self.macs = [image_mac(self.link.mac, i) for i in range(len(self.paths))]
         for mac in self.macs[1:]:
             self.link.add_unicast(mac)
+        self.pool = TxPool(link, workers or default_threads(), tx_method)
+        if user is not None:
+            drop_privileges(user)
         self.proto = BootServer([img.offer for img in self.images if img], self.macs,
                                 None if allow is None else list(allow),
                                 read_rate=read_rate, read_burst=4096)
@@ -264,8 +271,11 @@ class Server:
         try:
             return self._loop()
         finally:
+            self.pool.drain()
             if self.log.json:
                 self.log.event("stats", "", final=True, **self.stats())
+            self.pool.stop()
+            self.link.close()
 
     def _loop(self) -> int:
         start = time.monotonic()
@@ -315,8 +325,9 @@ class Server:
                         return False
                     sled = self.sleds[dst] = SledState(img, index, now)
                 img = sled.image
-                n = self.link.send_data(dst, src, img.ptr, img.size, offsets)
-                sled.frames += n
+                # The session's own version of the image, even if the file
+                # has been replaced since: never a mix of two versions.
+                self.pool.submit(Job(dst, src, img, offsets))
                 sled.high = max(sled.high, min(max(offsets) + CHUNK, img.size))
                 return False
             case SendOffer(dst=dst, src=src, image=index):
@@ -328,12 +339,14 @@ class Server:
                                mac=mac_str(dst), image=str(img.path), index=index)
                 # A HELLO starts over: the sled will boot what it was offered now.
                 self.sleds.pop(dst, None)
+                self.pool.forget(dst)
                 # Remember which version this OFFER carried, for the session.
                 self._offered[(dst, index)] = img
                 return True
             case SendReset(dst=dst):
                 self.link.send(action.frame().pack())
                 self.sleds.pop(dst, None)
+                self.pool.forget(dst)
                 self.log.event("reset", f"{mac_str(dst)} reset (no session for its READ)",
                                mac=mac_str(dst))
             case SessionStarted(mac=mac, image=index):
@@ -348,6 +361,7 @@ class Server:
                 self.finished += 1
                 if sled is not None:
                     secs = max(now - sled.started, 1e-6)
+                    sled.frames = self.pool.frames_for(mac)
                     self.log.event(
                         "finished",
                         f"{mac_str(mac)} finished {sled.image.name}: {human(sled.image.size)} "
@@ -369,14 +383,18 @@ class Server:
         self._rx_packets += packets
         self._rx_drops += drops
         return {"rx_packets": self._rx_packets, "rx_drops": self._rx_drops,
-                "tx_frames": self.link.tx.frames, "tx_bytes": self.link.tx.bytes,
-                "tx_syscalls": self.link.tx.syscalls, "cpu_user": t.user,
+                **self.pool.totals(), "workers": len(self.pool.workers), "cpu_user": t.user,
                 "cpu_system": t.system, "sessions": len(self.proto.sessions),
                 "finished": self.finished, **dict(self.proto.counters)}
 
     def _tick(self, now: float) -> None:
         if self.log.json:
             self.log.event("stats", "", **self.stats())
+        for message in self.pool.errors():
+            self.log.event("error", f"transmit failed: {message}", message=message)
+            self.errors += 1
+            if self.once:
+                raise ImageError(f"transmit failed: {message}")
         self.proto.expire(now)
         for key in [k for k in self._offered if k[0] not in self.proto.sessions]:
             del self._offered[key]

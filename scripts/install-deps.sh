@@ -22,6 +22,6 @@ fi
 
 PY=${PYTHON:-python3}
 "$PY" -m pip install -q --disable-pip-version-check --root-user-action=ignore \
-    "setuptools>=65" "cffi>=1.16"
+    "setuptools>=65" "cffi>=1.16" wheel
 "$PY" -m pip install -q --disable-pip-version-check --root-user-action=ignore \
     --no-build-isolation -e ".[test]"

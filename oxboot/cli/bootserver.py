@@ -25,6 +25,11 @@ def build_parser(prog: str = "bootserver") -> Parser:
     p.add_argument("--tx", choices=TX_METHODS, default=TX_METHODS[0],
                    help=f"DATA transmit mechanism (default {TX_METHODS[0]}, the fastest "
                    "measured; the others are for diagnosis)")
+    p.add_argument("--workers", type=int, metavar="N",
+                   help="transmit threads, each with its own socket (default: one per core)")
+    p.add_argument("--user", metavar="NAME",
+                   help="after opening the link and the images, drop root and run as NAME "
+                   "(images must stay readable by NAME to be reloaded)")
     p.add_argument("--scratch", metavar="DIR",
                    help="where compressed images are inflated (default: $TMPDIR)")
     p.add_argument("link", metavar="LINK", help="network interface, e.g. eth1")
@@ -41,13 +46,16 @@ def _body(args: argparse.Namespace) -> int:
             allow = [parse_mac(args.mac)]
         except ValueError as e:
             raise UsageError(str(e)) from None
+    if args.workers is not None and args.workers < 1:
+        raise UsageError("--workers must be at least 1")
     if args.hello_timeout is not None and args.hello_timeout <= 0:
         raise UsageError("-t needs a positive number of seconds")
     log = EventLog(json_mode=args.json)
     try:
         server = Server(args.link, [args.image_file, *args.image], allow, once=args.single,
                         hello_timeout=args.hello_timeout, log=log,
-                        tx_method=args.tx, scratch=args.scratch)
+                        tx_method=args.tx, scratch=args.scratch, workers=args.workers,
+                        user=args.user)
     except LinkError as e:
         raise UsageError(e.strerror or str(e)) from None
     return server.run()
