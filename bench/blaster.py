@@ -4,7 +4,11 @@ waiting for the DATA (unlike the OS client, which waits for every chunk).
 It never reads the DATA: its small socket queue fills and the kernel drops
 the rest, so the receive side costs the same for every sender measured.
 
-    python3 blaster.py IFNAME SECONDS READS_PER_SECOND
+    python3 blaster.py IFNAME SECONDS READS_PER_SECOND [SLEDS]
+
+SLEDS > 1 makes it several sleds at once: each says HELLO and READs from
+its own locally administered source MAC, so the server keeps one session
+per sled (the frames for the others arrive here too, as on a hub).
 
 With READS_PER_SECOND 0 it only holds its socket open for SECONDS: the
 same receiver, for a baseline sender such as trafgen.
@@ -31,9 +35,17 @@ from oxboot.protocol import (
 )
 
 
+def sled_macs(base: bytes, n: int) -> list[bytes]:
+    if n <= 1:
+        return [base]
+    return [bytes([0x06, 0xB0, 0x07, 0x00, i >> 8, i & 0xFF]) for i in range(n)]
+
+
 def main() -> None:
     ifname, seconds, rate = sys.argv[1], float(sys.argv[2]), float(sys.argv[3])
+    n_sleds = int(sys.argv[4]) if len(sys.argv) > 4 else 1
     link = RawLink(ifname, buffer_bytes=256 << 10)
+    macs = sled_macs(link.mac, n_sleds)
     if rate <= 0:
         time.sleep(seconds)
         print(json.dumps({"frames": 0}))
@@ -42,7 +54,8 @@ def main() -> None:
     size = 0
     deadline = time.monotonic() + 10
     while server is None and time.monotonic() < deadline:
-        link.send(pack_frame(BROADCAST, link.mac, Hello(HELLO_TEXT)))
+        for mac in macs:
+            link.send(pack_frame(BROADCAST, mac, Hello(HELLO_TEXT)))
         time.sleep(0.05)
         for buf in link.recv_pending():
             try:
@@ -67,7 +80,7 @@ def main() -> None:
             continue
         slots = tuple(((offset_chunk + i) % chunks) * CHUNK for i in range(SLOTS))
         offset_chunk = (offset_chunk + SLOTS) % chunks
-        link.send(pack_frame(server, link.mac, Read(SLOTS, slots)))
+        link.send(pack_frame(server, macs[reads % len(macs)], Read(SLOTS, slots)))
         reads += 1
         next_at += 1.0 / rate
     print(json.dumps({"reads": reads, "seconds": time.monotonic() - start}))

@@ -1,0 +1,128 @@
+"""Boot server scaling: workers, transmit mechanisms, memory.
+
+Every figure is measured against another measured in the same run: two
+workers against one for the same eight sleds, each transmit mechanism
+against the default, resident memory with a 1 GiB image against a small one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import QUICK, note, record
+
+from oxboot import build_image
+from oxboot.netlab import Lab, wait_for
+
+HERE = Path(__file__).resolve().parent
+SECONDS = 2.0 if QUICK else 4.0
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (namespaces)")
+
+
+def script(name: str) -> list[str]:
+    exe = Path(sys.executable).parent / name
+    return [str(exe)] if exe.exists() else [sys.executable, "-m", f"oxboot.cli.{name}"]
+
+
+@pytest.fixture
+def lab():
+    lab = Lab()
+    try:
+        yield lab
+    finally:
+        lab.close()
+
+
+def _image(d: Path, size: int) -> Path:
+    raw = d / f"r{size}.raw"
+    with open(raw, "wb") as f:
+        f.truncate(size)  # sparse zeros: fast to make, served all the same
+        f.seek(0)
+        f.write(os.urandom(min(size, 1 << 20)))
+    img = d / f"r{size}.img"
+    build_image(raw, img, target_size=size)
+    raw.unlink()
+    return img
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _image(tmp_path_factory.mktemp("scale"), 64 << 20)
+
+
+def _serve(lab: Lab, extra: list[str], image: Path, tmp: Path, sleds: int,
+           rate: float) -> tuple[list[dict], int]:
+    srv, cli = lab.pair()
+    log = tmp / f"srv-{'-'.join(extra) or 'default'}.log"
+    proc = lab.start(srv, [*script("bootserver"), "--json", *extra, srv.ifname, str(image),
+                           "any"], log)
+    wait_for(lambda: '"event": "image"' in log.read_text(), 120, "server")
+    p = subprocess.run(cli.cmd([sys.executable, str(HERE / "blaster.py"), cli.ifname,
+                                str(SECONDS + 1), str(rate), str(sleds)]),
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    time.sleep(1.2)  # one more stats tick
+    stats = [e for e in (json.loads(x) for x in log.read_text().splitlines()
+                         if x.startswith("{")) if e["event"] == "stats"]
+    return stats, proc.pid
+
+
+def _fps(stats: list[dict]) -> float:
+    rates = [(b["tx_frames"] - a["tx_frames"]) / max(b["time"] - a["time"], 1e-3)
+             for a, b in zip(stats, stats[1:], strict=False)]
+    return max(rates) if rates else 0.0
+
+
+def test_two_workers_vs_one_for_eight_sleds(lab: Lab, small: Path, tmp_path: Path) -> None:
+    one, _ = _serve(lab, ["--workers", "1"], small, tmp_path, 8, 20000)
+    two, _ = _serve(lab, ["--workers", "2"], small, tmp_path, 8, 20000)
+    f1, f2 = _fps(one), _fps(two)
+    assert f1 > 0 and f2 > 0
+    record("workers2_vs_workers1_fps", f2 / f1, one_worker_fps=round(f1), two_worker_fps=round(f2),
+           sleds=8)
+
+
+def test_transmit_mechanisms(lab: Lab, small: Path, tmp_path: Path) -> None:
+    results = {}
+    for method in ("sendmmsg", "ring", "send"):
+        stats, _ = _serve(lab, ["--workers", "1", "--tx", method], small, tmp_path, 1, 20000)
+        a, b = stats[0], stats[-1]
+        frames = max(b["tx_frames"] - a["tx_frames"], 1)
+        cpu = (b["cpu_user"] + b["cpu_system"]) - (a["cpu_user"] + a["cpu_system"])
+        results[method] = {"fps": round(_fps(stats)),
+                           "cpu_us_per_frame": round(cpu / frames * 1e6, 3)}
+    note("transmit_mechanisms", **results)
+    best = max(results, key=lambda m: results[m]["fps"])
+    record("default_tx_vs_best", results["sendmmsg"]["fps"] / results[best]["fps"],
+           best=best, **{m: r["fps"] for m, r in results.items()})
+
+
+def _rss(pid: int) -> dict[str, int]:
+    out = {}
+    # The server is `ip netns exec` -> python: find the python child.
+    kids = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    target = int(kids[0]) if kids else pid
+    for line in Path(f"/proc/{target}/status").read_text().splitlines():
+        if line.startswith(("VmRSS", "RssAnon", "RssFile")):
+            key, value = line.split(":")
+            out[key] = int(value.split()[0])
+    return out
+
+
+@pytest.mark.skipif(QUICK, reason="a 1 GiB image: full runs only")
+def test_memory_does_not_grow_with_image_size(lab: Lab, small: Path, tmp_path: Path) -> None:
+    big = _image(tmp_path, 1 << 30)
+    mem = {}
+    for name, img in (("64MiB", small), ("1GiB", big)):
+        _, pid = _serve(lab, ["--workers", "2"], img, tmp_path, 32, 8000)
+        mem[name] = _rss(pid)
+    note("server_memory_kib", **mem)
+    record("rss_anon_1g_vs_64m", mem["1GiB"]["RssAnon"] / mem["64MiB"]["RssAnon"],
+           anon_kib_64m=mem["64MiB"]["RssAnon"], anon_kib_1g=mem["1GiB"]["RssAnon"], sessions=32)
