@@ -81,8 +81,8 @@ def _fps(stats: list[dict]) -> float:
 
 
 def test_two_workers_vs_one_for_eight_sleds(lab: Lab, small: Path, tmp_path: Path) -> None:
-    one, _ = _serve(lab, ["--workers", "1"], small, tmp_path, 8, 20000)
-    two, _ = _serve(lab, ["--workers", "2"], small, tmp_path, 8, 20000)
+    one, _ = _serve(lab, ["--workers", "1"], small, tmp_path, 8, 8000)
+    two, _ = _serve(lab, ["--workers", "2"], small, tmp_path, 8, 16000)
     f1, f2 = _fps(one), _fps(two)
     assert f1 > 0 and f2 > 0
     record("workers2_vs_workers1_fps", f2 / f1, one_worker_fps=round(f1), two_worker_fps=round(f2),
@@ -92,7 +92,7 @@ def test_two_workers_vs_one_for_eight_sleds(lab: Lab, small: Path, tmp_path: Pat
 def test_transmit_mechanisms(lab: Lab, small: Path, tmp_path: Path) -> None:
     results = {}
     for method in ("sendmmsg", "ring", "send"):
-        stats, _ = _serve(lab, ["--workers", "1", "--tx", method], small, tmp_path, 1, 20000)
+        stats, _ = _serve(lab, ["--workers", "1", "--tx", method], small, tmp_path, 1, 8000)
         a, b = stats[0], stats[-1]
         frames = max(b["tx_frames"] - a["tx_frames"], 1)
         cpu = (b["cpu_user"] + b["cpu_system"]) - (a["cpu_user"] + a["cpu_system"])

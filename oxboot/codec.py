@@ -2,11 +2,12 @@
 
 zlib output is always **one ordinary zlib stream**, because the OS inflates
 it with plain zlib. To use every core anyway it follows pigz: the input is
-cut into blocks compressed independently, each primed with the 32 KiB that
-precede it as a preset dictionary (so matches may still reach back across
-the cut), and ended with a sync flush so the raw deflate pieces concatenate
-into one valid stream. An empty final block, then the Adler-32 of the whole
-input, close the stream.
+cut into chunks compressed independently (by libdeflate, in the C core:
+``ox_deflate_chunk``), each ended like a zlib sync flush so that the raw
+deflate pieces concatenate into one valid stream. An empty final block,
+then the Adler-32 of the whole input, close the stream. Chunks get no
+preset dictionary: at 1 MiB the lost 32 KiB of context at each cut costs
+under 0.1% (bench/codec_survey.md).
 """
 
 from __future__ import annotations
@@ -19,18 +20,23 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import BinaryIO, Protocol
 
+from oxboot._native import ffi, lib
 from oxboot.format import Codec, ImageError
 
 #: Fastest zlib level whose output stays within 0.5% of the original
-#: mkimage's (miniz level 9) on the benchmark data: see bench/codec_survey.md.
+#: mkimage's (miniz level 9), i.e. <= 1.0091 x stdlib zlib level 9, on the
+#: benchmark data: see bench/codec_survey.md. (Filled in from measurement.)
 DEFAULT_ZLIB_LEVEL = 6
 DEFAULT_ZSTD_LEVEL = 6
+#: zlib levels as the user gives them. Each maps straight to the libdeflate
+#: level of the same number (libdeflate's scale follows zlib's: 1 fastest,
+#: 6 default, 9 slow); libdeflate's 10..12 (near-optimal parsing) are not
+#: offered: see _LIBDEFLATE_LEVEL.
 ZLIB_LEVELS = range(1, 10)
 ZSTD_LEVELS = range(1, 20)
-#: Input block each compressor thread takes: large enough that the cut
+#: Input chunk each compressor thread takes: large enough that the cut
 #: costs well under 0.1% of ratio, small enough to keep all cores busy.
 BLOCK = 1 << 20
-WINDOW = 32 * 1024
 #: Output size bound while inflating: memory stays flat for any image.
 INFLATE_STEP = 4 << 20
 
@@ -46,8 +52,8 @@ def default_threads() -> int:
 
 
 def _deflate_module():  # noqa: ANN202 - a module object
-    # zlib-ng writes the same format about twice as fast as zlib; fall back
-    # to the standard library where the wheel is not available.
+    # zlib-ng inflates about twice as fast as zlib; fall back to the
+    # standard library where the wheel is not available.
     try:
         from zlib_ng import zlib_ng
     except ImportError:  # pragma: no cover - depends on the platform
@@ -88,45 +94,83 @@ class Store:
         pass
 
 
-def _deflate_block(mod, level: int, block: bytes, zdict: bytes) -> bytes:  # noqa: ANN001
-    # Raw deflate (wbits -15): the zlib header and trailer are added once
-    # for the whole stream.
-    c = mod.compressobj(level, zlib.DEFLATED, -15, 9, zlib.Z_DEFAULT_STRATEGY, zdict) \
-        if zdict else mod.compressobj(level, zlib.DEFLATED, -15, 9)
-    return c.compress(block) + c.flush(zlib.Z_SYNC_FLUSH)
+#: --level -> libdeflate level. Straight through: on the benchmark data
+#: libdeflate level N is smaller than zlib level N at every N and faster
+#: (bench/codec_survey.md), so the numbers keep their zlib meaning.
+_LIBDEFLATE_LEVEL = {level: level for level in ZLIB_LEVELS}
+
+_ALLOC = ffi.new_allocator(should_clear_after_alloc=False)
+
+
+def _deflate_chunk(level: int, chunk: bytes) -> bytes:
+    """Raw deflate of `chunk`, not final, ending byte-aligned like a zlib
+    sync flush (... 00 00 ff ff). Runs without the GIL."""
+    cap = lib.ox_deflate_bound(len(chunk))
+    out = _ALLOC("uint8_t[]", cap)
+    n = lib.ox_deflate_chunk(level, ffi.from_buffer(chunk), len(chunk), out, cap)
+    if n < 0:  # cannot be for room: out of memory, or libdeflate misbehaved
+        raise RuntimeError(f"libdeflate could not compress a {len(chunk)}-byte chunk")
+    return ffi.buffer(out, n)[:]
+
+
+def _adler32(data: bytes | bytearray | memoryview, value: int = 1) -> int:
+    """Adler-32 of `data` continuing from `value` (libdeflate's, vectorised)."""
+    view = memoryview(data)
+    if not view.nbytes:
+        return value
+    return lib.ox_adler32(value, ffi.from_buffer(view), view.nbytes)
 
 
 class ParallelZlib:
-    """pigz-style parallel zlib: one valid stream, every core busy."""
+    """pigz-style parallel zlib: one valid stream, every core busy.
+
+    The input is re-cut into BLOCK-sized chunks, so the output depends only
+    on the bytes and the level: not on the thread count nor on how the
+    caller splits its feeds.
+    """
 
     def __init__(self, sink: Sink, level: int = DEFAULT_ZLIB_LEVEL,
-                 threads: int | None = None) -> None:
+                 threads: int | None = None, block: int = BLOCK) -> None:
         if level not in ZLIB_LEVELS:
             raise ImageError(f"zlib level must be 1..9, not {level}")
+        if block < 1:
+            raise ValueError(f"block must be positive, not {block}")
         self._sink = sink
-        self._level = level
-        self._mod = _deflate_module()
+        self._level = _LIBDEFLATE_LEVEL[level]
+        self._block = block
         self._threads = max(1, threads or default_threads())
         self._pool = ThreadPoolExecutor(self._threads, thread_name_prefix="deflate")
         self._pending: deque[Future[bytes]] = deque()
-        self._window = b""
+        self._buf = bytearray()
         self._adler = 1
         self._sink(zlib_header(level))
 
-    def feed(self, block: bytes | memoryview) -> None:
-        block = bytes(block)
-        if not block:
-            return
-        self._adler = zlib.adler32(block, self._adler)
-        self._pending.append(
-            self._pool.submit(_deflate_block, self._mod, self._level, block, self._window)
-        )
-        self._window = (self._window + block)[-WINDOW:] if len(block) < WINDOW else block[-WINDOW:]
-        # Bounded memory: at most two blocks queued per thread.
+    def _submit(self, chunk: bytes) -> None:
+        self._pending.append(self._pool.submit(_deflate_chunk, self._level, chunk))
+        # Bounded memory: at most two chunks queued per thread.
         while len(self._pending) > 2 * self._threads:
             self._sink(self._pending.popleft().result())
 
+    def feed(self, block: bytes | memoryview) -> None:
+        view = memoryview(block).cast("B")
+        if not view.nbytes:
+            return
+        self._adler = _adler32(view, self._adler)
+        size = self._block
+        if not self._buf and view.nbytes == size:
+            self._submit(bytes(view))  # the common case: one copy, none kept
+            return
+        self._buf += view
+        start = 0
+        while len(self._buf) - start >= size:
+            self._submit(bytes(self._buf[start:start + size]))
+            start += size
+        del self._buf[:start]
+
     def finish(self) -> None:
+        if self._buf:
+            self._submit(bytes(self._buf))
+            self._buf.clear()
         while self._pending:
             self._sink(self._pending.popleft().result())
         # An empty final fixed-Huffman block (BFINAL=1), then Adler-32.

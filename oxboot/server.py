@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import TextIO
 
 from oxboot._native import ffi, lib
-from oxboot.codec import default_threads
 from oxboot.format import HEADER_SIZE, NETBOOT_ALIGN, Codec, Header, ImageError
 from oxboot.link import RawLink, image_mac, mac_str
 from oxboot.privileges import drop_privileges
@@ -48,6 +47,13 @@ from oxboot.txworkers import Job, TxPool
 from oxboot.verify import check_header, copy_data
 
 _READ_TYPE = int(MsgType.READ).to_bytes(4, "big")
+
+#: Transmit workers by default. One, sending from the receive loop itself:
+#: measured on a 2-core machine (BENCHMARKS.md), a second worker thread
+#: costs more in hand-offs and GIL traffic than it gains, because on veth
+#: the receiving side's work lands on the sending core too. --workers N
+#: spreads sleds over N sockets and threads where cores are plentiful.
+DEFAULT_WORKERS = 1
 
 
 @dataclass(eq=False)
@@ -203,7 +209,7 @@ class Server:
         self.macs = [image_mac(self.link.mac, i) for i in range(len(self.paths))]
         for mac in self.macs[1:]:
             self.link.add_unicast(mac)
-        self.pool = TxPool(link, workers or default_threads(), tx_method)
+        self.pool = TxPool(link, workers or DEFAULT_WORKERS, tx_method)
         if user is not None:
             drop_privileges(user)
         self.proto = BootServer([img.offer for img in self.images if img], self.macs,
@@ -290,7 +296,13 @@ class Server:
             if self.hello_timeout is not None and not got_hello and \
                     now - start > self.hello_timeout:
                 raise ImageError(f"no HELLO within {self.hello_timeout:g} seconds")
-            timeout = max(0.0, min(next_tick, start + (self.hello_timeout or 1e9)) - now)
+            # Worker 0 runs here: while it has DATA to send, only peek at the
+            # socket between jobs; otherwise sleep until a frame or a tick.
+            inline = self.pool.inline
+            if inline.pending:
+                timeout = 0.0
+            else:
+                timeout = max(0.0, min(next_tick, start + (self.hello_timeout or 1e9)) - now)
             if poller.poll(timeout * 1000):
                 now = time.monotonic()
                 for buf in self.link.recv_pending(512):
@@ -298,6 +310,7 @@ class Server:
                         got_hello |= self._act(action, now)
                         if self.once and self.finished:
                             return 0
+            inline.serve_one()
             if now >= next_tick:
                 next_tick = now + 1.0
                 self._tick(now)

@@ -55,10 +55,16 @@ class WorkerStats:
 
 
 class TxWorker(threading.Thread):
-    """One transmit thread with its own socket and per-sled round robin."""
+    """One transmit thread with its own socket and per-sled round robin.
 
-    def __init__(self, ifname: str, tx_method: str, index: int) -> None:
+    An `inline` worker has no thread: the receive loop calls
+    :meth:`serve_one` itself between reads, which saves a thread hand-off
+    per READ (worker 0 is inline; the others are threads on other cores).
+    """
+
+    def __init__(self, ifname: str, tx_method: str, index: int, inline: bool = False) -> None:
         super().__init__(name=f"oxboot-tx{index}", daemon=True)
+        self.inline = inline
         self.link = RawLink(ifname, receive=False, tx_method=tx_method)
         self.stats = WorkerStats()
         self._queues: dict[bytes, deque[Job]] = {}
@@ -80,7 +86,8 @@ class TxWorker(threading.Thread):
                 return False
             q.append(job)
             self._idle.clear()
-            self._cond.notify()
+            if not self.inline:
+                self._cond.notify()
         return True
 
     def forget(self, mac: bytes) -> None:
@@ -88,6 +95,36 @@ class TxWorker(threading.Thread):
         with self._cond:
             self._queues.pop(mac, None)
             self.stats.per_sled_frames.pop(mac, None)
+
+    def _next(self) -> Job | None:
+        """The next sled's next job (round robin); call with the lock held."""
+        while self._turns:
+            mac = self._turns.popleft()
+            q = self._queues.get(mac)
+            if not q:
+                self._queues.pop(mac, None)
+                continue
+            job = q.popleft()
+            if q:
+                self._turns.append(mac)  # back of the line: round robin
+            else:
+                del self._queues[mac]
+            return job
+        return None
+
+    @property
+    def pending(self) -> bool:
+        return bool(self._turns)
+
+    def serve_one(self) -> bool:
+        """Send one queued job, if any (inline workers)."""
+        with self._cond:
+            job = self._next()
+            if job is None:
+                self._idle.set()
+                return False
+        self._send(job)
+        return True
 
     def run(self) -> None:
         while True:
@@ -97,17 +134,9 @@ class TxWorker(threading.Thread):
                     self._cond.wait()
                 if self._stopping:
                     return
-                mac = self._turns.popleft()
-                q = self._queues.get(mac)
-                if not q:
-                    self._queues.pop(mac, None)
-                    continue
-                job = q.popleft()
-                if q:
-                    self._turns.append(mac)  # back of the line: round robin
-                else:
-                    del self._queues[mac]
-            self._send(job)
+                job = self._next()
+            if job is not None:
+                self._send(job)
 
     def _send(self, job: Job) -> None:
         st = self.stats
@@ -128,13 +157,18 @@ class TxWorker(threading.Thread):
 
     def drain(self, timeout: float | None = None) -> bool:
         """Wait until every queued job is sent."""
+        if self.inline:
+            while self.serve_one():
+                pass
+            return True
         return self._idle.wait(timeout)
 
     def stop(self) -> None:
-        with self._cond:
-            self._stopping = True
-            self._cond.notify()
-        self.join(5)
+        if not self.inline:
+            with self._cond:
+                self._stopping = True
+                self._cond.notify()
+            self.join(5)
         self.link.close()
 
 
@@ -147,13 +181,14 @@ class TxPool:
         self.workers: list[TxWorker] = []
         try:
             for i in range(workers):
-                self.workers.append(TxWorker(ifname, tx_method, i))
+                self.workers.append(TxWorker(ifname, tx_method, i, inline=i == 0))
         except BaseException:
             for w in self.workers:
                 w.link.close()
             raise
-        for w in self.workers:
+        for w in self.workers[1:]:
             w.start()
+        self.inline = self.workers[0]
 
     def worker_for(self, mac: bytes) -> TxWorker:
         # crc32: stable across runs (hash() of bytes is salted per process).

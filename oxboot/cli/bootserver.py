@@ -26,7 +26,8 @@ def build_parser(prog: str = "bootserver") -> Parser:
                    help=f"DATA transmit mechanism (default {TX_METHODS[0]}, the fastest "
                    "measured; the others are for diagnosis)")
     p.add_argument("--workers", type=int, metavar="N",
-                   help="transmit threads, each with its own socket (default: one per core)")
+                   help="transmit workers, each with its own socket; a sled always stays on "
+                   "one (default 1: measured fastest on small machines, see BENCHMARKS.md)")
     p.add_argument("--user", metavar="NAME",
                    help="after opening the link and the images, drop root and run as NAME "
                    "(images must stay readable by NAME to be reloaded)")
