@@ -81,11 +81,20 @@ def _run(link: RawLink, want: bytes, timeout: float | None, save: str | None,
     self_mac = link.mac
     next_report = start + 1.0
     reason: str | None = None
+    last_poll = -1.0
+    busy[0] = 0
 
     while True:
         now = time.monotonic()
-        for frame in sess.poll(now):
-            link.send(frame.pack())
+        # The session only ever acts (new batch, retransmission, FINISHED,
+        # HELLO) when every slot is empty or time has passed, so ask it then:
+        # at least every tick, and at once when the batch is complete. Its
+        # slot scans are Python loops; the DATA in between is the C core's.
+        if busy[0] == 0 or now - last_poll >= TICK or state_changed(sess):
+            last_poll = now
+            for frame in sess.poll(now):
+                link.send(frame.pack())
+            busy[0] = sum(sess.slot_busy)
         state = sess.state
         if state not in (ClientState.DISCOVERY, ClientState.TRANSFER):
             break
@@ -101,7 +110,6 @@ def _run(link: RawLink, want: bytes, timeout: float | None, save: str | None,
         if state is ClientState.TRANSFER and ram is not None:
             server = sess.server
             assert server is not None
-            busy[0] = sum(sess.slot_busy)
             before_bytes = stats.bytes
             n = lib.ox_rx_data(link.fileno(), self_mac, server, ram_ptr, len(ram),
                                slot_offsets, slot_busy, busy, other, MAX_FRAME,
@@ -114,6 +122,7 @@ def _run(link: RawLink, want: bytes, timeout: float | None, save: str | None,
                 sess.eof = True
             if other_len[0]:
                 _feed(sess, bytes(ffi.buffer(other, other_len[0])), now, ram)
+                busy[0] = sum(sess.slot_busy)
             continue
         for buf in link.recv_pending():
             _feed(sess, buf, now, ram)
@@ -150,6 +159,11 @@ def _run(link: RawLink, want: bytes, timeout: float | None, save: str | None,
         del ram_ptr
         ram.close()
     return result
+
+
+def state_changed(sess: ClientSession) -> bool:
+    """Outside the transfer, every wake-up goes through the session."""
+    return sess.state is not ClientState.TRANSFER
 
 
 def _feed(sess: ClientSession, buf: bytes, now: float, ram: mmap.mmap | None) -> None:
