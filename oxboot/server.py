@@ -224,6 +224,7 @@ class Server:
         self._offered: dict[tuple[bytes, int], ServedImage] = {}
         self._offsets = ffi.new(f"uint64_t[{SLOTS + 1}]")
         self._rx_packets = self._rx_drops = 0
+        self._unreadable: dict[int, bool] = {}
         self._stop = False
         for i, img in enumerate(self.images):
             assert img is not None
@@ -241,6 +242,15 @@ class Server:
         current = self.images[index]
         try:
             st = path.stat()
+        except PermissionError:
+            # After --user the path may be out of reach: keep serving the
+            # verified copy we have (changes cannot be seen; warn once).
+            if current is not None and not self._unreadable.get(index):
+                self._unreadable[index] = True
+                self.log.event("warning", f"{path}: cannot check it for changes as this user "
+                               "(permission denied); serving the copy loaded at start-up",
+                               image=str(path))
+            return current
         except OSError as e:
             self._image_error(index, f"{path}: {e.strerror}")
             return None

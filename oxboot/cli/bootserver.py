@@ -32,7 +32,8 @@ def build_parser(prog: str = "bootserver") -> Parser:
                    help="after opening the link and the images, drop root and run as NAME "
                    "(images must stay readable by NAME to be reloaded)")
     p.add_argument("--scratch", metavar="DIR",
-                   help="where compressed images are inflated (default: $TMPDIR)")
+                   help="where each image's private, verified copy is kept while it is "
+                   "served, inflated if compressed (default: $OXBOOT_SCRATCH or /var/tmp)")
     p.add_argument("link", metavar="LINK", help="network interface, e.g. eth1")
     p.add_argument("image_file", metavar="IMAGE_FILE", help="boot image to serve")
     p.add_argument("mac", metavar="MAC|any", help="serve only this host, or every host")
@@ -51,6 +52,13 @@ def _body(args: argparse.Namespace) -> int:
         raise UsageError("--workers must be at least 1")
     if args.hello_timeout is not None and args.hello_timeout <= 0:
         raise UsageError("-t needs a positive number of seconds")
+    if args.user is not None:
+        import pwd
+
+        try:
+            pwd.getpwuid(int(args.user)) if args.user.isdigit() else pwd.getpwnam(args.user)
+        except KeyError:
+            raise UsageError(f"no such user: {args.user}") from None
     log = EventLog(json_mode=args.json)
     try:
         server = Server(args.link, [args.image_file, *args.image], allow, once=args.single,
