@@ -160,14 +160,31 @@ class EventLog:
         self.stream = stream if stream is not None else sys.stdout
         self.progress = (not json_mode and sys.stderr.isatty()) if progress is None else progress
 
+    _shown = 0  # progress lines on screen below the log
+
+    def show_progress(self, rows: list[str]) -> None:
+        """A table of sleds below the log, redrawn in place once a second."""
+        out = ["\x1b[1A\x1b[2K"] * self._shown  # erase the previous table
+        limit = 16
+        lines = rows[:limit] + ([f"... and {len(rows) - limit} more sleds"]
+                                if len(rows) > limit else [])
+        out += [f"\r\x1b[2K{line}\n" for line in lines]
+        self._shown = len(lines)
+        sys.stderr.write("".join(out))
+        sys.stderr.flush()
+
     def event(self, kind: str, text: str, **fields: object) -> None:
         if self.json:
             line = json.dumps({"event": kind, "time": round(time.time(), 3), **fields},
                               sort_keys=True)
         else:
             line = f"{time.strftime('%H:%M:%S')} {kind}: {text}"
-        if self.progress:
-            sys.stderr.write("\r\x1b[K")
+        if self.progress and self._shown:
+            # Events scroll above the progress table: clear it, log, and let
+            # the next tick draw it again.
+            sys.stderr.write("\x1b[1A\x1b[2K" * self._shown)
+            sys.stderr.flush()
+            self._shown = 0
         self.stream.write(line + "\n")
         self.stream.flush()
 
@@ -421,6 +438,7 @@ class Server:
         self.proto.expire(now)
         for key in [k for k in self._offered if k[0] not in self.proto.sessions]:
             del self._offered[key]
+        rows = []
         for mac, sled in list(self.sleds.items()):
             if mac not in self.proto.sessions:
                 del self.sleds[mac]
@@ -434,7 +452,7 @@ class Server:
                 self.log.event("progress", "", mac=mac_str(mac), image=str(sled.image.path),
                                percent=round(pct, 1), mbps=round(rate / 1e6, 2),
                                eta=round(eta, 1))
-            elif self.log.progress:
-                sys.stderr.write(f"\r\x1b[K{mac_str(mac)} {sled.image.name} {pct:5.1f}% "
-                                 f"{rate / 1e6:7.1f} MB/s ETA {eta:4.0f} s")
-                sys.stderr.flush()
+            rows.append(f"{mac_str(mac)}  {sled.image.name[:24]:<24} {pct:5.1f}%  "
+                        f"{rate / 1e6:7.1f} MB/s  ETA {eta:4.0f} s")
+        if self.log.progress:
+            self.log.show_progress(rows)
