@@ -63,6 +63,18 @@ long ox_parse_data(const uint8_t *frame, size_t len, uint64_t *offset,
                    int *exact);
 long ox_read_offsets(const uint8_t *frame, size_t len, uint64_t *out);
 
+typedef struct ox_police ox_police;
+typedef struct {
+    uint64_t frames;
+    uint64_t accepted;
+    uint64_t foreign;
+    uint64_t policed;
+} ox_police_stats;
+ox_police *ox_police_new(double rate, double burst, unsigned sources);
+void ox_police_free(ox_police *p);
+long ox_rx_police(int fd, ox_police *p, uint64_t now_ns, uint8_t *out, size_t slot_size,
+                  uint32_t *lens, size_t out_n, size_t max_frames, ox_police_stats *stats);
+
 typedef struct ox_txring ox_txring;
 ox_txring *ox_txring_open(int fd, unsigned frames);
 void ox_txring_close(ox_txring *r);

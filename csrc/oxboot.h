@@ -152,6 +152,36 @@ long ox_rx_data(int fd, const uint8_t *self_mac, const uint8_t *server, uint8_t 
  */
 long ox_read_offsets(const uint8_t *frame, size_t len, uint64_t *out);
 
+/* ---- Server receive: per-source policing ------------------------------ */
+
+typedef struct ox_police ox_police;
+
+typedef struct {
+    uint64_t frames;     /* frames read from the socket */
+    uint64_t accepted;   /* handed to the caller */
+    uint64_t foreign;    /* runts, other ethertypes, other magic */
+    uint64_t policed;    /* dropped: their source was over its rate */
+} ox_police_stats;
+
+/*
+ * Token buckets per source MAC: `rate` frames per second, bursts of
+ * `burst`, for up to `sources` hosts at once (rounded up to a power of
+ * two); when the table is full the least recently refilled entry is reused.
+ */
+ox_police *ox_police_new(double rate, double burst, unsigned sources);
+void ox_police_free(ox_police *p);
+
+/*
+ * Drain the non-blocking raw socket fd (at most max_frames frames), in C,
+ * so that a flood never fills the socket queue and costs other hosts their
+ * frames. Frames of our protocol whose source has a token are copied into
+ * out, one per slot of slot_size bytes (lens[i] = length); the call returns
+ * when out_n frames are kept or the socket is empty. Returns the number
+ * kept, or -1 on a socket error (errno set).
+ */
+long ox_rx_police(int fd, ox_police *p, uint64_t now_ns, uint8_t *out, size_t slot_size,
+                  uint32_t *lens, size_t out_n, size_t max_frames, ox_police_stats *stats);
+
 /* Pure validation of a received DATA frame, shared by ox_rx_data and the
  * tests: returns payload length n (>= 0) and the offset, or -1. */
 long ox_parse_data(const uint8_t *frame, size_t len, uint64_t *offset,

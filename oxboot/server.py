@@ -55,6 +55,10 @@ _READ_TYPE = int(MsgType.READ).to_bytes(4, "big")
 #: spreads sleds over N sockets and threads where cores are plentiful.
 DEFAULT_WORKERS = 1
 
+RX_SLOT = 2048  # bytes per received frame kept (a READ is 1058)
+RX_KEEP = 64  # frames kept per drain: back to the socket before it overflows
+RX_DRAIN = 1 << 20  # frames read per drain at most: in effect, until the socket is empty
+
 
 @dataclass(eq=False)
 class ServedImage:
@@ -208,7 +212,7 @@ class Server:
                  allow: Sequence[bytes] | None, *, once: bool = False,
                  hello_timeout: float | None = None, log: EventLog | None = None,
                  tx_method: str = "sendmmsg", scratch: str | None = None,
-                 read_rate: float = 100_000.0, workers: int | None = None,
+                 read_rate: float = 8_000.0, workers: int | None = None,
                  user: str | None = None,
                  on_ready: Callable[[Server], None] | None = None) -> None:
         self.log = log or EventLog()
@@ -229,9 +233,23 @@ class Server:
         self.pool = TxPool(link, workers or DEFAULT_WORKERS, tx_method)
         if user is not None:
             drop_privileges(user)
+        # Two lines of defence against a flooding host: its frames are
+        # policed per source in C as they are drained from the socket (so
+        # the queue never overflows and costs others their frames), and the
+        # protocol layer meters READs and HELLOs per source again.
         self.proto = BootServer([img.offer for img in self.images if img], self.macs,
                                 None if allow is None else list(allow),
-                                read_rate=read_rate, read_burst=4096)
+                                read_rate=read_rate * 1.25, read_burst=512)
+        # 8000 frames/s per host: an OS client sends one READ per 128 KiB
+        # batch, so this is ~1 GB/s per sled before a single frame is policed.
+        police = lib.ox_police_new(read_rate, 512.0, 4096)
+        if police == ffi.NULL:
+            raise ImageError("cannot allocate the receive policer")
+        self._police = ffi.gc(police, lib.ox_police_free)
+        self._rxbuf = ffi.new(f"uint8_t[{RX_KEEP * RX_SLOT}]")
+        self._rxview = ffi.buffer(self._rxbuf)
+        self._rxlens = ffi.new(f"uint32_t[{RX_KEEP}]")
+        self._pstats = ffi.new("ox_police_stats *")
         self.once = once
         self.hello_timeout = hello_timeout
         self.sleds: dict[bytes, SledState] = {}
@@ -332,7 +350,7 @@ class Server:
                 timeout = max(0.0, min(next_tick, start + (self.hello_timeout or 1e9)) - now)
             if poller.poll(timeout * 1000):
                 now = time.monotonic()
-                for buf in self.link.recv_pending(512):
+                for buf in self._receive():
                     for action in self._decide(buf, now):
                         got_hello |= self._act(action, now)
                         if self.once and self.finished:
@@ -342,6 +360,16 @@ class Server:
                 next_tick = now + 1.0
                 self._tick(now)
         return 0
+
+    def _receive(self) -> list[bytes]:
+        """Frames waiting on the socket that passed the C policer."""
+        n = lib.ox_rx_police(self.link.fileno(), self._police, time.monotonic_ns(),
+                             self._rxbuf, RX_SLOT, self._rxlens, RX_KEEP, RX_DRAIN,
+                             self._pstats)
+        if n < 0:
+            raise OSError(ffi.errno, f"{self.link.ifname}: receive failed")
+        view, lens = self._rxview, self._rxlens
+        return [view[i * RX_SLOT:i * RX_SLOT + lens[i]] for i in range(n)]
 
     def _decide(self, buf: bytes, now: float) -> list[object]:
         # READs are nearly all the traffic: the C core reduces them to their
@@ -422,10 +450,16 @@ class Server:
         packets, drops = self.link.rx_stats()
         self._rx_packets += packets
         self._rx_drops += drops
-        return {"rx_packets": self._rx_packets, "rx_drops": self._rx_drops,
+        counters = dict(self.proto.counters)
+        p = self._pstats
+        return {**counters, "sessions_created": counters.get("sessions", 0),
+                "rx_packets": self._rx_packets, "rx_drops": self._rx_drops,
+                "rx_policed": p.policed, "rx_foreign": p.foreign, "rx_accepted": p.accepted,
                 **self.pool.totals(), "workers": len(self.pool.workers), "cpu_user": t.user,
-                "cpu_system": t.system, "sessions": len(self.proto.sessions),
-                "finished": self.finished, **dict(self.proto.counters)}
+                "cpu_system": t.system,
+                # Live values last: the protocol's counters of the same names
+                # count events, these are states.
+                "sessions": len(self.proto.sessions), "finished": self.finished}
 
     def _tick(self, now: float) -> None:
         if self.log.json:

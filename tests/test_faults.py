@@ -1,0 +1,358 @@
+"""Faults on the wire and on disk while sleds boot: random loss of DATA and
+READ frames (nftables in the kernel), duplicated and reordered frames, the
+server killed and restarted mid-boot, the image file replaced, truncated or
+deleted under a running boot. Real kernel networking between namespaces;
+each test removes what it made. ``pytest -s`` shows the boot times."""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import test_netboot
+from conftest import command
+from test_netboot import (
+    _drop_data,
+    _dropped,
+    bootserver,
+    events,
+    netboot,
+    raw_image,
+    wait_listening,
+)
+
+from oxboot import build_image
+from oxboot.netlab import Host, Lab, sh, wait_for
+
+# The network fixtures of test_netboot, found by pytest under these names.
+images = test_netboot.images
+lab = test_netboot.lab
+
+HERE = Path(__file__).resolve().parent
+FUZZ = HERE / "fuzz_frames.py"
+
+pytestmark = pytest.mark.skipif(
+    os.geteuid() != 0 and os.environ.get("CI") != "true",
+    reason="network namespaces need root (CI runs as root)",
+)
+
+
+# ---- helpers ------------------------------------------------------------------
+
+
+def start_netboot(host: Host, want: Path, save: Path, timeout: float) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        host.cmd([*command("oxboot"), "netboot", host.ifname, "--want-image", str(want),
+                  "--save", str(save), "--json", "-t", str(timeout)]),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def finish(p: subprocess.Popen[str], timeout: float) -> tuple[int, dict, str]:
+    out, err = p.communicate(timeout=timeout)
+    lines = [ln for ln in out.splitlines() if ln.startswith("{")]
+    assert lines, (out, err)
+    return p.returncode, json.loads(lines[-1]), err
+
+
+def clear_loss(host: Host) -> None:
+    sh("ip", "netns", "exec", host.ns, "nft", "delete", "table", "netdev", "oxloss")
+
+
+def has_event(log: Path, kind: str, **fields: object) -> bool:
+    return any(e["event"] == kind and all(e.get(k) == v for k, v in fields.items())
+               for e in events(log))
+
+
+def start_helper(lab: Lab, host: Host, *args: str) -> subprocess.Popen[str]:
+    """fuzz_frames.py in `host`'s namespace; returns once it says ready."""
+    p = subprocess.Popen(host.cmd([sys.executable, str(FUZZ), *args]), stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True, start_new_session=True)
+    lab.procs.append(p)  # type: ignore[arg-type]
+    ready, _, _ = select.select([p.stderr], [], [], 20)
+    line = p.stderr.readline() if ready else ""  # type: ignore[union-attr]
+    assert line.strip() == "ready", (line, p.poll())
+    return p
+
+
+def stop_helper(p: subprocess.Popen[str]) -> dict:
+    p.terminate()
+    out, err = p.communicate(timeout=30)
+    assert out.strip(), err
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def chain(lab: Lab) -> tuple[Host, Host, Host, Host]:
+    """server -- (a) middlebox (b) -- sled: two veth pairs, the middle ends
+    in one namespace."""
+    srv, a = lab.pair()
+    b, sled = lab.pair()
+    sh("ip", "-n", b.ns, "link", "set", b.ifname, "netns", a.ns)
+    sh("ip", "-n", a.ns, "link", "set", b.ifname, "up")
+    return srv, a, Host(a.ns, b.ifname), sled
+
+
+# ---- random loss ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("percent", [1, 5, 20])
+def test_boot_survives_random_data_loss(lab: Lab, images: dict, tmp_path: Path,
+                                        percent: int) -> None:
+    srv, sled = lab.pair()
+    img, raw = images["small"]  # 1 MiB: each lost DATA stalls its batch for ~1 s
+    _drop_data(sled, percent)
+    log = tmp_path / "server.log"
+    server = bootserver(lab, srv, ["-s", "--json", srv.ifname, str(img), "any"], log)
+    wait_listening(log)
+    started = time.monotonic()
+    status, result, saved = netboot(sled, img, tmp_path, timeout=150)
+    took = time.monotonic() - started
+    assert status == 0 and result["verified"], result
+    assert saved.read_bytes() == raw
+    dropped = _dropped(sled)
+    assert dropped > 0 and result["retransmits"] > 0
+    assert server.wait(10) == 0
+    print(f"\n{percent}% DATA loss: 1 MiB booted in {took:.1f} s "
+          f"({result['seconds']:.1f} s transfer), {dropped} DATA dropped, "
+          f"{result['retransmits']} retransmissions")
+
+
+def test_boot_survives_read_loss(lab: Lab, images: dict, tmp_path: Path) -> None:
+    srv, sled = lab.pair()
+    # 24 MiB: 192 batches, so a 5% READ loss certainly hits some of them.
+    img, raw = images["big"]
+    _drop_data(srv, 5, msg_type=0x9003)  # at the SERVER's ingress
+    log = tmp_path / "server.log"
+    server = bootserver(lab, srv, ["-s", "--json", srv.ifname, str(img), "any"], log)
+    wait_listening(log)
+    started = time.monotonic()
+    status, result, saved = netboot(sled, img, tmp_path, timeout=150)
+    took = time.monotonic() - started
+    assert status == 0 and result["verified"], result
+    assert saved.read_bytes() == raw
+    dropped = _dropped(srv)
+    assert dropped > 0 and result["retransmits"] > 0
+    assert server.wait(10) == 0
+    print(f"\n5% READ loss: 24 MiB booted in {took:.1f} s, {dropped} READs dropped, "
+          f"{result['retransmits']} retransmissions")
+
+
+def test_eight_sleds_with_data_loss(lab: Lab, images: dict, tmp_path: Path) -> None:
+    hosts = lab.bridge(9)
+    srv, sleds = hosts[0], hosts[1:]
+    img, raw = images["small"]
+    for sled in sleds:
+        _drop_data(sled, 5)
+    log = tmp_path / "server.log"
+    bootserver(lab, srv, ["--json", srv.ifname, str(img), "any"], log)
+    wait_listening(log)
+    started = time.monotonic()
+    procs = [(sled, start_netboot(sled, img, tmp_path / f"{sled.ns}.raw", 150))
+             for sled in sleds]
+    times = []
+    for sled, p in procs:
+        status, result, err = finish(p, 200)
+        assert status == 0 and result["verified"], (result, err)
+        assert (tmp_path / f"{sled.ns}.raw").read_bytes() == raw
+        assert _dropped(sled) > 0
+        times.append(result["total_seconds"])
+    finished = {e["mac"] for e in events(log) if e["event"] == "finished"}
+    assert finished == {s.mac() for s in sleds}
+    print(f"\n8 sleds, 5% DATA loss each: all booted 1 MiB within "
+          f"{time.monotonic() - started:.1f} s (each {min(times):.1f}..{max(times):.1f} s)")
+
+
+# ---- duplicated and reordered frames ------------------------------------------------
+
+
+def test_duplicated_and_reordered_frames_relay(lab: Lab, images: dict, tmp_path: Path) -> None:
+    """The same faults without netem: a user-space middlebox between server
+    and sled sends 10% of the protocol frames (both ways) twice and holds
+    25% of the DATA back 2 ms so later ones overtake them."""
+    srv, a, b, sled = chain(lab)
+    img, raw = images["plain"]
+    relay = start_helper(lab, Host(a.ns, a.ifname), "relay", a.ifname, b.ifname, "--dup", "10",
+                         "--reorder", "25", "--seed", "7")
+    log = tmp_path / "server.log"
+    server = bootserver(lab, srv, ["-s", "--json", srv.ifname, str(img), "any"], log)
+    wait_listening(log)
+    started = time.monotonic()
+    status, result, saved = netboot(sled, img, tmp_path, timeout=60)
+    took = time.monotonic() - started
+    assert status == 0 and result["verified"], result
+    assert saved.read_bytes() == raw
+    assert server.wait(10) == 0
+    counts = stop_helper(relay)
+    assert counts.get("reordered", 0) > 100, counts
+    assert counts.get("duplicated_9104", 0) > 50, counts  # DATA
+    assert counts.get("duplicated_9003", 0) >= 0  # READs are few; duplicates are a bonus
+    print(f"\nrelay duplicate 10% reorder 25%: 2 MiB booted in {took:.1f} s; relay {counts}")
+
+
+# ---- the server restarted mid-boot ------------------------------------------------------
+
+
+def _kill_mid_boot(lab: Lab, srv: Host, sled: Host, want: Path, server_args: list[str],
+                   tmp_path: Path) -> tuple[subprocess.Popen[str], Path]:
+    """Start a slow boot (5% DATA loss on 24 MiB takes minutes), kill -9 the
+    server once the transfer runs, lift the loss; returns the running client."""
+    _drop_data(sled, 5)
+    log1 = tmp_path / "s1.log"
+    first = bootserver(lab, srv, ["--json", *server_args], log1)
+    wait_listening(log1)
+    save = tmp_path / "restart.raw"
+    client = start_netboot(sled, want, save, 90)
+    wait_for(lambda: has_event(log1, "start"), 30, "the boot to start")
+    # A few batches in (progress is logged once a second).
+    wait_for(lambda: any(e["event"] == "progress" and e["percent"] >= 1.0 for e in events(log1)),
+             30, "the boot to make progress")
+    first.kill()
+    first.wait()
+    # Really mid-transfer: the sled is still at it and nothing finished.
+    assert client.poll() is None
+    assert not has_event(log1, "finished")
+    assert _dropped(sled) > 0
+    clear_loss(sled)
+    return client, save
+
+
+def test_restart_single_image_server_mid_boot(lab: Lab, images: dict, tmp_path: Path) -> None:
+    srv, sled = lab.pair()
+    img, raw = images["big"]
+    args = [srv.ifname, str(img), "any"]
+    started = time.monotonic()
+    client, save = _kill_mid_boot(lab, srv, sled, img, args, tmp_path)
+    log2 = tmp_path / "s2.log"
+    bootserver(lab, srv, ["--json", *args], log2)
+    status, result, err = finish(client, 120)
+    assert status == 0 and result["verified"], (result, err)
+    assert save.read_bytes() == raw
+    assert has_event(log2, "start", mac=sled.mac())  # the session resumed
+    assert has_event(log2, "finished", mac=sled.mac())
+    print(f"\nserver killed mid-boot and restarted (one image): 24 MiB booted in "
+          f"{time.monotonic() - started:.1f} s, {result['retransmits']} retransmissions")
+
+
+def test_restart_multi_image_server_mid_boot_resets(lab: Lab, images: dict,
+                                                    tmp_path: Path) -> None:
+    srv, sled = lab.pair()
+    img, _ = images["big"]
+    args = ["--image", str(images["other1"][0]), srv.ifname, str(img), "any"]
+    started = time.monotonic()
+    client, save = _kill_mid_boot(lab, srv, sled, img, args, tmp_path)
+    log2 = tmp_path / "s2.log"
+    bootserver(lab, srv, ["--json", *args], log2)
+    status, result, err = finish(client, 60)
+    # The sled cannot be vouched for after the restart: RESET, never data.
+    assert status != 0
+    assert result["state"] == "reset" and not result["verified"], result
+    assert not save.exists()
+    assert has_event(log2, "reset", mac=sled.mac())
+    assert not has_event(log2, "start")
+    print(f"\nserver killed mid-boot and restarted (two images): sled reset after "
+          f"{time.monotonic() - started:.1f} s")
+
+
+# ---- the image file changed under a running boot -----------------------------------------
+
+
+def _slow_boot(sled: Host, want: Path, tmp_path: Path,
+               log: Path) -> tuple[subprocess.Popen[str], Path]:
+    """A boot kept mid-transfer by 5% DATA loss; returns once the server
+    logged its start."""
+    _drop_data(sled, 5)
+    save = tmp_path / f"running-{sled.ns}.raw"
+    client = start_netboot(sled, want, save, 90)
+    wait_for(lambda: has_event(log, "start", mac=sled.mac()), 30, "the boot to start")
+    return client, save
+
+
+def _finish_slow_boot(client: subprocess.Popen[str], sled: Host, save: Path,
+                      raw: bytes) -> dict:
+    assert client.poll() is None, "the boot was over before the file changed"
+    clear_loss(sled)
+    status, result, err = finish(client, 120)
+    assert status == 0 and result["verified"], (result, err)
+    assert save.read_bytes() == raw  # the bytes it started with
+    return result
+
+
+def test_image_replaced_during_boot(lab: Lab, images: dict, tmp_path: Path) -> None:
+    srv, sled_a, sled_b = lab.bridge(3)
+    orig_img, orig_raw = images["small"]
+    served = tmp_path / "served.img"
+    shutil.copyfile(orig_img, served)
+    new_raw = raw_image(1 << 20, 99)
+    (tmp_path / "new.raw").write_bytes(new_raw)
+    new_img = tmp_path / "new.img"
+    build_image(tmp_path / "new.raw", new_img, target_size=64 << 20, image_name="new")
+    log = tmp_path / "server.log"
+    bootserver(lab, srv, ["--json", srv.ifname, str(served), "any"], log)
+    wait_listening(log)
+    started = time.monotonic()
+    client, save = _slow_boot(sled_a, orig_img, tmp_path, log)
+
+    staged = tmp_path / "staged.img"
+    shutil.copyfile(new_img, staged)
+    os.replace(staged, served)
+    # While A still boots the old version, B asks for the new one.
+    status, result, saved = netboot(sled_b, new_img, tmp_path, timeout=30)
+    assert status == 0 and result["verified"], result
+    assert saved.read_bytes() == new_raw
+    assert has_event(log, "reload")
+    _finish_slow_boot(client, sled_a, save, orig_raw)
+    # A fresh boot of A now gets the new file too.
+    status, result, saved = netboot(sled_a, new_img, tmp_path, timeout=30)
+    assert status == 0 and result["verified"], result
+    assert saved.read_bytes() == new_raw
+    assert not has_event(log, "error")
+    print(f"\nimage replaced mid-boot: old boot finished with the old bytes, new boots got "
+          f"the new file; {time.monotonic() - started:.1f} s")
+
+
+@pytest.mark.parametrize("how", ["truncate", "delete"])
+def test_image_truncated_or_deleted_during_boot(lab: Lab, images: dict, tmp_path: Path,
+                                                how: str) -> None:
+    srv, sled = lab.pair()
+    orig_img, orig_raw = images["small"]
+    served = tmp_path / "served.img"
+    shutil.copyfile(orig_img, served)
+    log = tmp_path / "server.log"
+    server = bootserver(lab, srv, ["--json", srv.ifname, str(served), "any"], log)
+    wait_listening(log)
+    started = time.monotonic()
+    client, save = _slow_boot(sled, orig_img, tmp_path, log)
+    if how == "truncate":
+        os.truncate(served, 4096 + 100_000)
+    else:
+        served.unlink()
+    _finish_slow_boot(client, sled, save, orig_raw)
+    offers_before = sum(1 for e in events(log) if e["event"] == "offer")
+
+    # A new boot: its HELLO makes the server look at the file again.
+    status, result, saved = netboot(sled, orig_img, tmp_path, timeout=5)
+    assert status != 0 and not result["verified"], result
+    assert result["state"] == "discovery" and "timed out" in (result["reason"] or ""), result
+    assert not saved.exists()
+    errors = [e for e in events(log) if e["event"] == "error"]
+    assert errors, events(log)
+    assert ("truncated" if how == "truncate" else "No such file") in errors[0]["message"], errors
+    assert sum(1 for e in events(log) if e["event"] == "offer") == offers_before
+    assert server.poll() is None
+
+    # Put a good file back: served again.
+    staged = tmp_path / "staged.img"
+    shutil.copyfile(orig_img, staged)
+    os.replace(staged, served)
+    status, result, saved = netboot(sled, orig_img, tmp_path, timeout=30)
+    assert status == 0 and result["verified"], result
+    assert saved.read_bytes() == orig_raw
+    print(f"\nimage {how}d mid-boot: running boot kept its bytes, the file was refused "
+          f"({errors[0]['message']!r}), then served again once restored; "
+          f"{time.monotonic() - started:.1f} s")
