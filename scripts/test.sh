@@ -24,3 +24,8 @@ if [ "${OXBOOT_SKIP_SANITIZE:-0}" != 1 ]; then
     echo "== tests against the C core built with -fsanitize=address,undefined" >&2
     scripts/sanitize.sh -q "$@"
 fi
+
+if [ "${OXBOOT_SKIP_BENCH:-0}" != 1 ]; then
+    echo "== quick benchmarks (ratios against same-run baselines, floors in bench/floors.json)" >&2
+    bash bench/run.sh --quick
+fi

@@ -1022,6 +1022,12 @@ def test_extract_corrupt_image(images: dict[str, Path], tmp_path: Path, codec: s
     if existing:
         out.write_bytes(b"old raw image")
     r = oxboot("extract", img, "-o", out)
+    if r.status == 0 and damage == "data" and codec != "none":
+        # A flipped bit in compressed data can leave the output unchanged
+        # (say, the distance of a match inside a run of zeros): then the
+        # image is still valid, and extract must have written exactly it.
+        assert out.read_bytes() == raw_image_of(images[codec])
+        return
     one_line_error(r)
     assert r.status == 1
     assert r.stdout == ""
@@ -1031,6 +1037,20 @@ def test_extract_corrupt_image(images: dict[str, Path], tmp_path: Path, codec: s
         assert not out.exists()
     assert temps(out_dir) == [] and sorted(p.name for p in out_dir.iterdir()) == (
         ["x.raw"] if existing else [])
+
+
+def raw_image_of(image: Path) -> bytes:
+    """The raw bytes of a good image, decoded by the reference libraries."""
+    data = image.read_bytes()
+    header = Header.parse(data)
+    payload = data[4096:4096 + header.data_size]
+    if header.codec is Codec.ZLIB:
+        return zlib.decompress(payload)
+    if header.codec is Codec.ZSTD:
+        import zstandard
+
+        return zstandard.ZstdDecompressor().decompress(payload)
+    return payload
 
 
 def test_extract_bad_arguments(images: dict[str, Path], tmp_path: Path) -> None:
