@@ -62,6 +62,27 @@ def note(name: str, **values: object) -> None:
     MEASUREMENTS[name] = values
 
 
+def script(name: str) -> list[str]:
+    """How to run console script `name`: the script beside this interpreter
+    (version-manager shims on PATH add their own start-up time), else the
+    module."""
+    exe = Path(sys.executable).parent / name
+    module = {"oxboot": "main"}.get(name, name)
+    return [str(exe)] if exe.exists() else [sys.executable, "-m", f"oxboot.cli.{module}"]
+
+
+@pytest.fixture
+def lab():  # noqa: ANN201 - a generator fixture
+    """Namespaces and links for one benchmark, removed afterwards."""
+    from oxboot.netlab import Lab
+
+    lab = Lab()
+    try:
+        yield lab
+    finally:
+        lab.close()
+
+
 @pytest.fixture(scope="session")
 def dataset() -> Path:
     size = int(os.environ.get("OXBOOT_BENCH_SIZE_MIB", "64" if QUICK else "1024"))

@@ -8,7 +8,6 @@ parallel compression must beat without losing ratio).
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 import threading
@@ -16,22 +15,11 @@ import zlib
 from pathlib import Path
 
 import pytest
-from conftest import QUICK, best_of, note, record, run
+from conftest import QUICK, best_of, note, record, run, script
 
 from oxboot.codec import DEFAULT_ZLIB_LEVEL
 
 ROUNDS = 2 if QUICK else 3
-
-
-def tool(name: str) -> str:
-    """The console script itself, beside this interpreter: version-manager
-    shims (pyenv) on PATH would add their own start-up time."""
-    exe = Path(sys.executable).parent / name
-    if exe.exists():
-        return str(exe)
-    found = shutil.which(name)
-    assert found, f"{name} not installed"
-    return found
 
 
 def openssl_time(path: Path) -> float:
@@ -47,7 +35,7 @@ def warm(dataset: Path) -> Path:
 def test_mkimage_raw_vs_openssl(benchmark, warm: Path, tmp_path: Path) -> None:
     out = tmp_path / "raw.img"
     base = openssl_time(warm)
-    argv = [tool("mkimage"), "-i", str(warm), "-o", str(out), "--pad-netboot"]
+    argv = [*script("mkimage"), "-i", str(warm), "-o", str(out), "--pad-netboot"]
     benchmark.pedantic(lambda: run(argv), rounds=ROUNDS, iterations=1)
     ours = benchmark.stats.stats.min
     record("mkimage_raw_vs_openssl", ours / base, seconds=round(ours, 3),
@@ -56,10 +44,10 @@ def test_mkimage_raw_vs_openssl(benchmark, warm: Path, tmp_path: Path) -> None:
 
 def test_lookimage_raw_vs_openssl(benchmark, warm: Path, tmp_path: Path) -> None:
     img = tmp_path / "raw.img"
-    run([tool("mkimage"), "-i", str(warm), "-o", str(img), "--pad-netboot"])
+    run([*script("mkimage"), "-i", str(warm), "-o", str(img), "--pad-netboot"])
     img.read_bytes()
     base = openssl_time(img)
-    argv = [tool("lookimage"), str(img)]
+    argv = [*script("lookimage"), str(img)]
     benchmark.pedantic(lambda: run(argv), rounds=ROUNDS + 2, iterations=1)
     ours = benchmark.stats.stats.min
     record("lookimage_raw_vs_openssl", ours / base, seconds=round(ours, 3),
@@ -82,7 +70,7 @@ def test_mkimage_zlib9_parallel_vs_single(benchmark, warm: Path, tmp_path: Path)
     data = warm.read_bytes()
     single_t, single_size = _single_zlib(data, 9)
     out = tmp_path / "z9.img"
-    argv = [tool("mkimage"), "-i", str(warm), "-o", str(out), "-z", "--level", "9"]
+    argv = [*script("mkimage"), "-i", str(warm), "-o", str(out), "-z", "--level", "9"]
     benchmark.pedantic(lambda: run(argv), rounds=1, iterations=1)
     ours = benchmark.stats.stats.min
     size = out.stat().st_size - 4096
@@ -97,7 +85,7 @@ def test_mkimage_default_level(benchmark, warm: Path, tmp_path: Path) -> None:
     data = warm.read_bytes()
     ref = len(zlib.compress(data, 9))  # stdlib zlib-9, a stand-in for the original's miniz-9
     out = tmp_path / "zd.img"
-    argv = [tool("mkimage"), "-i", str(warm), "-o", str(out), "-z"]
+    argv = [*script("mkimage"), "-i", str(warm), "-o", str(out), "-z"]
     benchmark.pedantic(lambda: run(argv), rounds=1 if not QUICK else 2, iterations=1)
     ours = benchmark.stats.stats.min
     size = out.stat().st_size - 4096
@@ -108,7 +96,7 @@ def test_mkimage_default_level(benchmark, warm: Path, tmp_path: Path) -> None:
 
 def test_lookimage_zlib_overlap(benchmark, warm: Path, tmp_path: Path) -> None:
     img = tmp_path / "zd.img"
-    run([tool("mkimage"), "-i", str(warm), "-o", str(img), "-z", "--pad-netboot"])
+    run([*script("mkimage"), "-i", str(warm), "-o", str(img), "-z", "--pad-netboot"])
     payload = img.read_bytes()[4096:]
     raw = warm.read_bytes()
     from zlib_ng import zlib_ng
@@ -117,7 +105,7 @@ def test_lookimage_zlib_overlap(benchmark, warm: Path, tmp_path: Path) -> None:
 
     inflate_t = best_of(lambda: zlib_ng.decompress(payload), ROUNDS)
     hash_t = best_of(lambda: sha256(raw), ROUNDS)
-    argv = [tool("lookimage"), str(img)]
+    argv = [*script("lookimage"), str(img)]
     benchmark.pedantic(lambda: run(argv), rounds=ROUNDS, iterations=1)
     ours = benchmark.stats.stats.min
     slower = max(inflate_t, hash_t)
@@ -130,7 +118,7 @@ def test_python_startup_cost() -> None:
     """Context: what an empty interpreter + our import costs (the floor under
     every CLI timing above)."""
     bare = best_of(lambda: subprocess.run([sys.executable, "-c", "pass"], check=True), 3)
-    ours = best_of(lambda: subprocess.run([tool("lookimage"), "--help"], check=True,
+    ours = best_of(lambda: subprocess.run([*script("lookimage"), "--help"], check=True,
                                           capture_output=True), 3)
     note("startup", python_seconds=round(bare, 4), lookimage_help_seconds=round(ours, 4))
     assert ours < 5  # sanity only; timings are ratios elsewhere

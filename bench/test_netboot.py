@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import QUICK, note, record
+from conftest import QUICK, note, record, script
 
 from oxboot import build_image
 from oxboot.netlab import Host, Lab, wait_for
@@ -29,20 +29,6 @@ FRAME = 14 + 12 + 8 + 1024  # a full DATA frame: 1058 bytes
 BLAST_SECONDS = 2.0 if QUICK else 5.0
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (namespaces)")
-
-
-def script(name: str) -> list[str]:
-    exe = Path(sys.executable).parent / name
-    return [str(exe)] if exe.exists() else [sys.executable, "-m", f"oxboot.cli.{name}"]
-
-
-@pytest.fixture
-def lab():
-    lab = Lab()
-    try:
-        yield lab
-    finally:
-        lab.close()
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import QUICK, note, record
+from conftest import QUICK, note, record, script
 
 from oxboot import build_image
 from oxboot.netlab import Lab, wait_for
@@ -24,20 +24,6 @@ HERE = Path(__file__).resolve().parent
 SECONDS = 2.0 if QUICK else 4.0
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (namespaces)")
-
-
-def script(name: str) -> list[str]:
-    exe = Path(sys.executable).parent / name
-    return [str(exe)] if exe.exists() else [sys.executable, "-m", f"oxboot.cli.{name}"]
-
-
-@pytest.fixture
-def lab():
-    lab = Lab()
-    try:
-        yield lab
-    finally:
-        lab.close()
 
 
 def _image(d: Path, size: int) -> Path:

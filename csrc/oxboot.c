@@ -312,6 +312,24 @@ long ox_read_offsets(const uint8_t *frame, size_t len, uint64_t *out)
 #define RX_BATCH 64
 #define RX_FRAME 2048
 
+/* One recvmmsg batch: each message lands in its own RX_FRAME buffer, with
+ * the sender's address in from[i] when the caller wants it. */
+static void rx_setup(struct mmsghdr *msg, struct iovec *iov, uint8_t (*buf)[RX_FRAME],
+                     struct sockaddr_ll *from, size_t want)
+{
+    for (size_t i = 0; i < want; i++) {
+        iov[i].iov_base = buf[i];
+        iov[i].iov_len = RX_FRAME;
+        memset(&msg[i], 0, sizeof(msg[i]));
+        msg[i].msg_hdr.msg_iov = &iov[i];
+        msg[i].msg_hdr.msg_iovlen = 1;
+        if (from != NULL) {
+            msg[i].msg_hdr.msg_name = &from[i];
+            msg[i].msg_hdr.msg_namelen = sizeof(from[i]);
+        }
+    }
+}
+
 long ox_rx_data(int fd, const uint8_t *self_mac, const uint8_t *server, uint8_t *ram,
                 uint64_t ram_len, uint64_t *slot_offsets, uint8_t *slot_busy,
                 uint32_t *busy_count, uint8_t *other, size_t other_cap,
@@ -333,15 +351,7 @@ long ox_rx_data(int fd, const uint8_t *self_mac, const uint8_t *server, uint8_t 
 
     while (total < max_frames) {
         size_t want = max_frames - total < RX_BATCH ? max_frames - total : RX_BATCH;
-        for (size_t i = 0; i < want; i++) {
-            iov[i].iov_base = buf[i];
-            iov[i].iov_len = RX_FRAME;
-            memset(&msg[i], 0, sizeof(msg[i]));
-            msg[i].msg_hdr.msg_iov = &iov[i];
-            msg[i].msg_hdr.msg_iovlen = 1;
-            msg[i].msg_hdr.msg_name = &from[i];
-            msg[i].msg_hdr.msg_namelen = sizeof(from[i]);
-        }
+        rx_setup(msg, iov, buf, from, want);
         int r = recvmmsg(fd, msg, (unsigned int)want, MSG_DONTWAIT, NULL);
         if (r < 0) {
             if (errno == EINTR)
@@ -527,13 +537,7 @@ long ox_rx_police(int fd, ox_police *p, uint64_t now_ns, uint8_t *out, size_t sl
             want = RX_BATCH;
         if (want > max_frames - total)
             want = max_frames - total;
-        for (size_t i = 0; i < want; i++) {
-            iov[i].iov_base = buf[i];
-            iov[i].iov_len = RX_FRAME;
-            memset(&msg[i], 0, sizeof(msg[i]));
-            msg[i].msg_hdr.msg_iov = &iov[i];
-            msg[i].msg_hdr.msg_iovlen = 1;
-        }
+        rx_setup(msg, iov, buf, NULL, want);
         int r = recvmmsg(fd, msg, (unsigned int)want, MSG_DONTWAIT, NULL);
         if (r < 0) {
             if (errno == EINTR)
