@@ -176,8 +176,10 @@ static int find_last_block(z_stream *zs, uint8_t *junk, const uint8_t *buf, size
 long ox_deflate_chunk(int level, const uint8_t *in, size_t len, uint8_t *out, size_t cap)
 {
     if (level < OX_DEFLATE_MIN_LEVEL || level > OX_DEFLATE_MAX_LEVEL || out == NULL
-        || (in == NULL && len != 0) || cap < OX_SYNC_MAX - 1 || cap > (size_t)LONG_MAX)
+        || (in == NULL && len != 0) || cap < OX_SYNC_MAX - 1)
         return -1;
+    if (cap > (size_t)LONG_MAX) /* so that the length fits the result */
+        cap = (size_t)LONG_MAX;
 
     int owned;
     struct ox_deflate_state *st = state_get(&owned);

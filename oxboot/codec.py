@@ -6,8 +6,8 @@ cut into chunks compressed independently (by libdeflate, in the C core:
 ``ox_deflate_chunk``), each ended like a zlib sync flush so that the raw
 deflate pieces concatenate into one valid stream. An empty final block,
 then the Adler-32 of the whole input, close the stream. Chunks get no
-preset dictionary: at 1 MiB the lost 32 KiB of context at each cut costs
-under 0.1% (bench/codec_survey.md).
+preset dictionary: with 4 MiB chunks the lost 32 KiB of context at each cut
+costs under 0.05% (bench/codec_survey.md).
 """
 
 from __future__ import annotations
@@ -25,18 +25,19 @@ from oxboot.format import Codec, ImageError
 
 #: Fastest zlib level whose output stays within 0.5% of the original
 #: mkimage's (miniz level 9), i.e. <= 1.0091 x stdlib zlib level 9, on the
-#: benchmark data: see bench/codec_survey.md. (Filled in from measurement.)
-DEFAULT_ZLIB_LEVEL = 6
+#: 1 GiB benchmark image (bench/codec_survey.md, 4 MiB chunks, 2 cores):
+#: level 5 = 279,074,636 B, x1.0036 of zlib-9's 278,066,851 B, 203 MB/s;
+#: level 4 = x1.0203 (over budget, 233 MB/s); level 6 = x0.9977, 176 MB/s.
+DEFAULT_ZLIB_LEVEL = 5
 DEFAULT_ZSTD_LEVEL = 6
-#: zlib levels as the user gives them. Each maps straight to the libdeflate
-#: level of the same number (libdeflate's scale follows zlib's: 1 fastest,
-#: 6 default, 9 slow); libdeflate's 10..12 (near-optimal parsing) are not
-#: offered: see _LIBDEFLATE_LEVEL.
+#: zlib levels as the user gives them (see _LIBDEFLATE_LEVEL).
 ZLIB_LEVELS = range(1, 10)
 ZSTD_LEVELS = range(1, 20)
-#: Input chunk each compressor thread takes: large enough that the cut
-#: costs well under 0.1% of ratio, small enough to keep all cores busy.
-BLOCK = 1 << 20
+#: Input chunk each compressor thread takes: large enough that the cuts
+#: cost well under 0.1% of ratio (4 MiB: +0.035% against one libdeflate
+#: stream at level 5 or 6 on the 1 GiB image; 2 MiB: +0.07%, 1 MiB: +0.14%),
+#: small enough to keep all cores busy. Speed does not depend on it.
+BLOCK = 4 << 20
 #: Output size bound while inflating: memory stays flat for any image.
 INFLATE_STEP = 4 << 20
 
@@ -95,8 +96,10 @@ class Store:
 
 
 #: --level -> libdeflate level. Straight through: on the benchmark data
-#: libdeflate level N is smaller than zlib level N at every N and faster
-#: (bench/codec_survey.md), so the numbers keep their zlib meaning.
+#: libdeflate level N (chunked) is both smaller and faster than stdlib zlib
+#: level N at every N = 1..9 (bench/codec_survey.md), so the numbers keep
+#: their zlib meaning. libdeflate's 10..12 (near-optimal parsing: -3% vs
+#: zlib-9 at 9..17 MB/s per core) are not offered.
 _LIBDEFLATE_LEVEL = {level: level for level in ZLIB_LEVELS}
 
 _ALLOC = ffi.new_allocator(should_clear_after_alloc=False)
