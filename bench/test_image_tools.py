@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import threading
 import zlib
 from pathlib import Path
 
@@ -122,7 +121,3 @@ def test_python_startup_cost() -> None:
                                           capture_output=True), 3)
     note("startup", python_seconds=round(bare, 4), lookimage_help_seconds=round(ours, 4))
     assert ours < 5  # sanity only; timings are ratios elsewhere
-
-
-def _threads_note() -> None:
-    note("threads", active=threading.active_count())

@@ -68,8 +68,7 @@ class ServedImage:
     header: Header
     size: int
     stamp: tuple[int, int, int, int]  # dev, inode, size, mtime: "same file?"
-    _map: mmap.mmap | None
-    _base: int  # where the raw image starts in the mapping
+    _map: mmap.mmap  # the private copy's mapping: keeps `ptr` valid
     ptr: object = field(repr=False)  # cffi uint8_t* to the raw image
 
     @property
@@ -80,15 +79,6 @@ class ServedImage:
     @property
     def name(self) -> str:
         return self.header.image_name or self.path.name
-
-    def view(self) -> memoryview:
-        assert self._map is not None
-        return memoryview(self._map)[self._base:self._base + self.size]
-
-    def close(self) -> None:
-        # Dropping the last reference unmaps; explicit close would break a
-        # session still holding this version.
-        self._map = None
 
 
 def _stamp(st: os.stat_result) -> tuple[int, int, int, int]:
@@ -131,7 +121,7 @@ def load_image(path: str | os.PathLike[str], scratch: str | None = None) -> Serv
             mm = mmap.mmap(tmp.fileno(), header.image_size, prot=mmap.PROT_READ)
     mm.madvise(mmap.MADV_WILLNEED)
     ptr = ffi.from_buffer("uint8_t[]", mm, require_writable=False)
-    return ServedImage(path, header, header.image_size, _stamp(st), mm, 0, ptr)
+    return ServedImage(path, header, header.image_size, _stamp(st), mm, ptr)
 
 
 class _FileSink:
