@@ -69,9 +69,13 @@ typedef struct {
     uint64_t accepted;
     uint64_t foreign;
     uint64_t policed;
+    uint64_t flagged;
 } ox_police_stats;
 ox_police *ox_police_new(double rate, double burst, unsigned sources);
 void ox_police_free(ox_police *p);
+size_t ox_police_flagged(ox_police *p, uint8_t *macs, size_t max);
+#define OX_MAX_BLOCKED 32
+int ox_set_blocklist(int fd, const uint8_t *macs, size_t n);
 long ox_rx_police(int fd, ox_police *p, uint64_t now_ns, uint8_t *out, size_t slot_size,
                   uint32_t *lens, size_t out_n, size_t max_frames, ox_police_stats *stats);
 

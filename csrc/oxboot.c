@@ -9,6 +9,7 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
+#include <linux/filter.h>
 #include <linux/if_packet.h>
 #include <openssl/evp.h>
 
@@ -435,15 +436,24 @@ struct police_entry {
     uint8_t mac[6];
     uint8_t used;
     double tokens;
-    uint64_t stamp; /* ns of the last refill */
+    uint64_t stamp;    /* ns of the last refill */
+    uint64_t window;   /* ns when the current one-second count of denials began */
+    uint64_t denied;   /* frames denied in that window */
+    uint64_t flagged;  /* ns when last flagged (0: never) */
 };
 
 struct ox_police {
     double rate;  /* tokens per ns */
     double burst;
+    uint64_t strike; /* denials within a second that flag a source */
     size_t mask;
     struct police_entry *table;
+    uint8_t flagged[OX_MAX_BLOCKED][6];
+    size_t nflagged;
+    uint64_t flagged_total;
 };
+
+#define NS_PER_S 1000000000ull
 
 #define POLICE_PROBE 8
 
@@ -465,6 +475,7 @@ ox_police *ox_police_new(double rate, double burst, unsigned sources)
     }
     p->rate = rate / 1e9;
     p->burst = burst;
+    p->strike = (uint64_t)(2.0 * burst);
     p->mask = n - 1;
     return p;
 }
@@ -485,6 +496,78 @@ static size_t mac_hash(const uint8_t *mac)
     return (size_t)(h ^ (h >> 29));
 }
 
+/* Count a denied frame; flag the source once it keeps sending regardless. */
+static void police_deny(ox_police *p, struct police_entry *e, uint64_t now)
+{
+    if (now - e->window >= NS_PER_S || now < e->window) {
+        e->window = now;
+        e->denied = 0;
+    }
+    e->denied++;
+    if (e->denied < p->strike || (e->flagged != 0 && now - e->flagged < NS_PER_S))
+        return;
+    e->flagged = now ? now : 1;
+    p->flagged_total++;
+    if (p->nflagged < OX_MAX_BLOCKED)
+        memcpy(p->flagged[p->nflagged++], e->mac, 6);
+}
+
+size_t ox_police_flagged(ox_police *p, uint8_t *macs, size_t max)
+{
+    size_t n;
+    if (p == NULL || (macs == NULL && max != 0))
+        return 0;
+    n = p->nflagged < max ? p->nflagged : max;
+    if (n)
+        memcpy(macs, p->flagged, n * 6);
+    /* Whatever did not fit stays for the next call. */
+    memmove(p->flagged, p->flagged[n], (p->nflagged - n) * 6);
+    p->nflagged -= n;
+    return n;
+}
+
+int ox_set_blocklist(int fd, const uint8_t *macs, size_t n)
+{
+    /* Per MAC: A = source bytes 2..5 (scratch M[1]) equal? then bytes 0..1
+     * (M[0]) equal? -> drop. The program ends in "accept" then "drop", so
+     * every jump is forward and short: 4 * OX_MAX_BLOCKED + 1 < 256. */
+    struct sock_filter prog[4 + 4 * OX_MAX_BLOCKED + 2];
+    struct sock_fprog fprog;
+    size_t k = 0;
+
+    if (fd < 0 || n > OX_MAX_BLOCKED || (macs == NULL && n != 0)) {
+        errno = EINVAL;
+        return -1;
+    }
+    if (n == 0) {
+        int unused = 0; /* the kernel wants an int's worth of optval */
+        if (setsockopt(fd, SOL_SOCKET, SO_DETACH_FILTER, &unused, sizeof(unused)) == 0 ||
+            errno == ENOENT)
+            return 0;
+        return -1;
+    }
+    prog[k++] = (struct sock_filter)BPF_STMT(BPF_LD | BPF_H | BPF_ABS, 6);
+    prog[k++] = (struct sock_filter)BPF_STMT(BPF_ST, 0);
+    prog[k++] = (struct sock_filter)BPF_STMT(BPF_LD | BPF_W | BPF_ABS, 8);
+    prog[k++] = (struct sock_filter)BPF_STMT(BPF_ST, 1);
+    for (size_t i = 0; i < n; i++) {
+        const uint8_t *m = macs + 6 * i;
+        uint32_t lo = get_be32(m + 2);
+        uint32_t hi = ((uint32_t)m[0] << 8) | m[1];
+        /* The second jeq's jt: past the later MACs' 4 and "accept". */
+        uint8_t to_drop = (uint8_t)(4 * (n - 1 - i) + 1);
+        prog[k++] = (struct sock_filter)BPF_STMT(BPF_LD | BPF_MEM, 1);
+        prog[k++] = (struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, lo, 0, 2);
+        prog[k++] = (struct sock_filter)BPF_STMT(BPF_LD | BPF_MEM, 0);
+        prog[k++] = (struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, hi, to_drop, 0);
+    }
+    prog[k++] = (struct sock_filter)BPF_STMT(BPF_RET | BPF_K, 0x40000); /* accept */
+    prog[k++] = (struct sock_filter)BPF_STMT(BPF_RET | BPF_K, 0);       /* drop */
+    fprog.len = (unsigned short)k;
+    fprog.filter = prog;
+    return setsockopt(fd, SOL_SOCKET, SO_ATTACH_FILTER, &fprog, sizeof(fprog));
+}
+
 /* Take a token for `mac`; 1 if it had one. */
 static int police_take(ox_police *p, const uint8_t *mac, uint64_t now)
 {
@@ -499,8 +582,10 @@ static int police_take(ox_police *p, const uint8_t *mac, uint64_t now)
                     e->tokens = p->burst;
                 e->stamp = now;
             }
-            if (e->tokens < 1.0)
+            if (e->tokens < 1.0) {
+                police_deny(p, e, now);
                 return 0;
+            }
             e->tokens -= 1.0;
             return 1;
         }
@@ -512,10 +597,12 @@ static int police_take(ox_police *p, const uint8_t *mac, uint64_t now)
         }
     }
     /* A new source: a fresh bucket, in a free slot or the stalest one. */
+    memset(victim, 0, sizeof(*victim));
     memcpy(victim->mac, mac, 6);
     victim->used = 1;
     victim->tokens = p->burst - 1.0;
     victim->stamp = now;
+    victim->window = now;
     return 1;
 }
 
@@ -572,5 +659,6 @@ long ox_rx_police(int fd, ox_police *p, uint64_t now_ns, uint8_t *out, size_t sl
         if ((size_t)r < want)
             break;
     }
+    stats->flagged = p->flagged_total;
     return (long)kept;
 }

@@ -161,6 +161,7 @@ typedef struct {
     uint64_t accepted;   /* handed to the caller */
     uint64_t foreign;    /* runts, other ethertypes, other magic */
     uint64_t policed;    /* dropped: their source was over its rate */
+    uint64_t flagged;    /* sources found flooding (see ox_police_flagged) */
 } ox_police_stats;
 
 /*
@@ -170,6 +171,25 @@ typedef struct {
  */
 ox_police *ox_police_new(double rate, double burst, unsigned sources);
 void ox_police_free(ox_police *p);
+
+/*
+ * A source that goes on sending after its bucket is empty (more than
+ * 2 * burst frames over its rate within one second: no OS client does that,
+ * it sends one READ per 128 KiB batch) is flagged, once per second at
+ * most. ox_police_flagged moves up to `max` flagged MACs (6 bytes each)
+ * into macs and returns how many; the caller decides what to do (the
+ * server has the kernel drop their frames, ox_set_blocklist).
+ */
+size_t ox_police_flagged(ox_police *p, uint8_t *macs, size_t max);
+
+/*
+ * Attach a classic BPF filter to the packet socket fd that drops every
+ * frame whose source MAC is one of the n (at most OX_MAX_BLOCKED) in macs,
+ * in the kernel, before it is queued: a flooding host then costs the
+ * server nothing. n == 0 removes the filter. Returns 0, or -1 (errno set).
+ */
+#define OX_MAX_BLOCKED 32
+int ox_set_blocklist(int fd, const uint8_t *macs, size_t n);
 
 /*
  * Drain the non-blocking raw socket fd (at most max_frames frames), in C,

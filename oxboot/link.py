@@ -34,6 +34,7 @@ MAX_FRAME = 2048
 #: free each frame, which costs more than it saves), plain send per frame.
 TX_METHODS = ("sendmmsg", "ring", "send")
 RING_FRAMES = 512
+MAX_BLOCKED: int = lib.OX_MAX_BLOCKED  # sources one socket filter can drop
 
 
 class LinkError(OSError):
@@ -157,6 +158,17 @@ class RawLink:
         """Receive frames sent to `mac` too (a secondary unicast address)."""
         mreq = struct.pack("iHH8s", self.ifindex, PACKET_MR_UNICAST, 6, mac)
         self.sock.setsockopt(SOL_PACKET, PACKET_ADD_MEMBERSHIP, mreq)
+
+    def block_sources(self, macs: Sequence[bytes]) -> None:
+        """Have the kernel drop every frame from these source MACs before
+        it reaches this socket (a socket filter; at most MAX_BLOCKED; an
+        empty list lifts it)."""
+        if len(macs) > MAX_BLOCKED:
+            raise ValueError(f"at most {MAX_BLOCKED} sources can be blocked")
+        if lib.ox_set_blocklist(self.sock.fileno(), b"".join(macs), len(macs)) != 0:
+            code = ffi.errno
+            raise OSError(code, f"{self.ifname}: cannot set the socket filter: "
+                          f"{os.strerror(code)}")
 
     def rx_stats(self) -> tuple[int, int]:
         """(frames received, frames the kernel dropped for a full queue) since

@@ -25,7 +25,7 @@ from typing import TextIO
 
 from oxboot._native import ffi, lib
 from oxboot.format import HEADER_SIZE, NETBOOT_ALIGN, Codec, Header, ImageError
-from oxboot.link import RawLink, image_mac, mac_str
+from oxboot.link import MAX_BLOCKED, RawLink, image_mac, mac_str
 from oxboot.privileges import drop_privileges
 from oxboot.progress import human
 from oxboot.protocol import (
@@ -58,6 +58,13 @@ DEFAULT_WORKERS = 1
 RX_SLOT = 2048  # bytes per received frame kept (a READ is 1058)
 RX_KEEP = 64  # frames kept per drain: back to the socket before it overflows
 RX_DRAIN = 1 << 20  # frames read per drain at most: in effect, until the socket is empty
+# A host the policer flags as flooding has its frames dropped by the kernel
+# for BLOCK_SECONDS, doubled for each repeat up to BLOCK_MAX_SECONDS: it then
+# costs the server nothing, while an OS client (one READ per 128 KiB batch)
+# is never flagged. Short enough that a spoofed MAC is not shut out for long.
+BLOCK_SECONDS = 2.0
+BLOCK_MAX_SECONDS = 64.0
+STRIKES_KEPT = 4096  # offenders remembered for the doubling
 
 
 @dataclass(eq=False)
@@ -232,6 +239,7 @@ class Server:
                                 read_rate=read_rate * 1.25, read_burst=512)
         # 8000 frames/s per host: an OS client sends one READ per 128 KiB
         # batch, so this is ~1 GB/s per sled before a single frame is policed.
+        self._read_rate = read_rate
         police = lib.ox_police_new(read_rate, 512.0, 4096)
         if police == ffi.NULL:
             raise ImageError("cannot allocate the receive policer")
@@ -240,6 +248,11 @@ class Server:
         self._rxview = ffi.buffer(self._rxbuf)
         self._rxlens = ffi.new(f"uint32_t[{RX_KEEP}]")
         self._pstats = ffi.new("ox_police_stats *")
+        self._flagged_seen = 0
+        self._flagbuf = ffi.new(f"uint8_t[{6 * MAX_BLOCKED}]")
+        self.blocked: dict[bytes, float] = {}  # MAC -> when the kernel lets it in again
+        self._strikes: dict[bytes, int] = {}  # times each recent offender was blocked
+        self.blocks = 0
         self.once = once
         self.hello_timeout = hello_timeout
         self.sleds: dict[bytes, SledState] = {}
@@ -340,7 +353,10 @@ class Server:
                 timeout = max(0.0, min(next_tick, start + (self.hello_timeout or 1e9)) - now)
             if poller.poll(timeout * 1000):
                 now = time.monotonic()
-                for buf in self._receive():
+                received = self._receive()
+                if self._pstats.flagged != self._flagged_seen:
+                    self._block_flagged(now)
+                for buf in received:
                     for action in self._decide(buf, now):
                         got_hello |= self._act(action, now)
                         if self.once and self.finished:
@@ -360,6 +376,38 @@ class Server:
             raise OSError(ffi.errno, f"{self.link.ifname}: receive failed")
         view, lens = self._rxview, self._rxlens
         return [view[i * RX_SLOT:i * RX_SLOT + lens[i]] for i in range(n)]
+
+    def _block_flagged(self, now: float) -> None:
+        """Have the kernel drop the frames of the hosts the policer flagged."""
+        self._flagged_seen = self._pstats.flagged
+        n = lib.ox_police_flagged(self._police, self._flagbuf, MAX_BLOCKED)
+        flat = bytes(ffi.buffer(self._flagbuf, 6 * n))
+        for mac in (flat[i:i + 6] for i in range(0, len(flat), 6)):
+            strikes = self._strikes.pop(mac, 0) + 1
+            self._strikes[mac] = strikes  # most recent last
+            if len(self._strikes) > STRIKES_KEPT:
+                del self._strikes[next(iter(self._strikes))]
+            secs = min(BLOCK_SECONDS * 2 ** (strikes - 1), BLOCK_MAX_SECONDS)
+            self.blocked[mac] = now + secs
+            self.blocks += 1
+            # Its queued DATA jobs go too: the flood is over for this host.
+            self.pool.forget(mac)
+            self.log.event("blocked", f"{mac_str(mac)} floods (over {self._read_rate:g} "
+                           f"frames/s): its frames are dropped for {secs:g} s",
+                           mac=mac_str(mac), seconds=secs, strikes=strikes)
+        self._apply_blocklist(now)
+
+    def _apply_blocklist(self, now: float) -> None:
+        for mac in [m for m, until in self.blocked.items() if until <= now]:
+            del self.blocked[mac]
+            self.log.event("unblocked", f"{mac_str(mac)} unblocked", mac=mac_str(mac))
+        # The most recent offenders if there are more than one filter holds
+        # (the rest are still policed per frame in C).
+        latest = sorted(self.blocked, key=self.blocked.__getitem__)[-MAX_BLOCKED:]
+        try:
+            self.link.block_sources(latest)
+        except OSError as e:
+            self.log.event("error", str(e), message=str(e))
 
     def _decide(self, buf: bytes, now: float) -> list[object]:
         # READs are nearly all the traffic: the C core reduces them to their
@@ -445,6 +493,7 @@ class Server:
         return {**counters, "sessions_created": counters.get("sessions", 0),
                 "rx_packets": self._rx_packets, "rx_drops": self._rx_drops,
                 "rx_policed": p.policed, "rx_foreign": p.foreign, "rx_accepted": p.accepted,
+                "sources_blocked": self.blocks, "blocked_now": len(self.blocked),
                 **self.pool.totals(), "workers": len(self.pool.workers), "cpu_user": t.user,
                 "cpu_system": t.system,
                 # Live values last: the protocol's counters of the same names
@@ -460,6 +509,8 @@ class Server:
             if self.once:
                 raise ImageError(f"transmit failed: {message}")
         self.proto.expire(now)
+        if any(until <= now for until in self.blocked.values()):
+            self._apply_blocklist(now)
         for key in [k for k in self._offered if k[0] not in self.proto.sessions]:
             del self._offered[key]
         rows = []

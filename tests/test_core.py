@@ -13,6 +13,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import mmap
+import random
 import socket
 import struct
 import threading
@@ -625,6 +626,158 @@ def test_tx_data_bad_arguments() -> None:
         b.setblocking(False)
         with pytest.raises(BlockingIOError):
             b.recv(4096)  # nothing was sent
+    finally:
+        a.close()
+        b.close()
+
+
+# ---- receive policing: flagging floods, the kernel blocklist ------------------------------
+
+
+def _proto_frame(src: bytes, payload: bytes = b"") -> bytes:
+    """A frame of our protocol (ethertype and magic right) from `src`."""
+    return DST + src + struct.pack("!HIII", ETHERTYPE, MAGIC, 0x9103, len(payload)) + payload
+
+
+def _unix_pair() -> tuple[socket.socket, socket.socket]:
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    b.setblocking(False)
+    return a, b
+
+
+def _drain(sock: socket.socket) -> list[bytes]:
+    got = []
+    while True:
+        try:
+            got.append(sock.recv(4096))
+        except BlockingIOError:
+            return got
+
+
+def _macs(n: int, seed: int) -> list[bytes]:
+    rng = random.Random(seed)
+    return [bytes([0x02 | (rng.randrange(64) << 2)]) + rng.randbytes(5) for _ in range(n)]
+
+
+@pytest.mark.parametrize("n", [1, 2, 7, lib.OX_MAX_BLOCKED])
+def test_blocklist_drops_exactly_the_listed_sources(n: int) -> None:
+    blocked = _macs(n, n)
+    # Near misses: the same last four bytes or the same first two as a blocked MAC.
+    others = [b"\x02\x00" + blocked[0][2:], blocked[-1][:2] + b"\x00\x00\x00\x01",
+              *(_macs(5, 1000 + n))]
+    others = [m for m in others if m not in blocked]
+    a, b = _unix_pair()
+    try:
+        assert lib.ox_set_blocklist(b.fileno(), b"".join(blocked), n) == 0
+        sent = [_proto_frame(m, bytes([i])) for i, m in enumerate(blocked + others)]
+        for f in sent:
+            a.send(f)
+        assert _drain(b) == sent[n:]  # every other source passes, in order, whole
+        # Lifting the filter lets everyone in again.
+        assert lib.ox_set_blocklist(b.fileno(), ffi.NULL, 0) == 0
+        for f in sent:
+            a.send(f)
+        assert _drain(b) == sent
+        # And lifting it twice is no error.
+        assert lib.ox_set_blocklist(b.fileno(), ffi.NULL, 0) == 0
+    finally:
+        a.close()
+        b.close()
+
+
+def test_blocklist_bad_arguments() -> None:
+    a, b = _unix_pair()
+    try:
+        too_many = b"".join(_macs(lib.OX_MAX_BLOCKED + 1, 7))
+        assert lib.ox_set_blocklist(b.fileno(), too_many, lib.OX_MAX_BLOCKED + 1) == -1
+        assert lib.ox_set_blocklist(b.fileno(), ffi.NULL, 1) == -1
+        assert lib.ox_set_blocklist(-1, ffi.NULL, 0) == -1
+        a.send(_proto_frame(SRC))
+        assert len(_drain(b)) == 1  # nothing was attached
+    finally:
+        a.close()
+        b.close()
+
+
+def _police(p: object, sock: socket.socket, now_ns: int, stats: object) -> list[bytes]:
+    out = ffi.new("uint8_t[]", 64 * 2048)
+    lens = ffi.new("uint32_t[]", 64)
+    kept = []
+    while True:
+        n = lib.ox_rx_police(sock.fileno(), p, now_ns, out, 2048, lens, 64, 1 << 20, stats)
+        assert n >= 0
+        kept += [ffi.buffer(out + i * 2048, lens[i])[:] for i in range(n)]
+        if n < 64:
+            return kept
+
+
+def _flagged(p: object) -> list[bytes]:
+    buf = ffi.new("uint8_t[]", 6 * lib.OX_MAX_BLOCKED)
+    n = lib.ox_police_flagged(p, buf, lib.OX_MAX_BLOCKED)
+    flat = ffi.buffer(buf, 6 * n)[:]
+    return [flat[i:i + 6] for i in range(0, len(flat), 6)]
+
+
+def test_police_flags_a_source_that_keeps_sending_over_its_rate() -> None:
+    # 100 frames/s, bursts of 8: a source is flagged after 2 * 8 denials in a second.
+    p = ffi.gc(lib.ox_police_new(100.0, 8.0, 64), lib.ox_police_free)
+    stats = ffi.new("ox_police_stats *")
+    flood, calm = _macs(2, 99)
+    a, b = _unix_pair()
+    try:
+        t = 10**12
+        for _ in range(8 + 15):
+            a.send(_proto_frame(flood))
+        a.send(_proto_frame(calm))
+        kept = _police(p, b, t, stats)
+        assert [f[6:12] for f in kept] == [flood] * 8 + [calm]
+        assert stats.policed == 15 and stats.flagged == 0 and _flagged(p) == []
+        a.send(_proto_frame(flood))  # the 16th denial
+        assert _police(p, b, t + 1000, stats) == []
+        assert stats.flagged == 1 and _flagged(p) == [flood]
+        assert _flagged(p) == []  # handed over once
+        # Once a second at most, however much more it sends.
+        for _ in range(40):
+            a.send(_proto_frame(flood))
+        _police(p, b, t + 500_000_000, stats)
+        assert stats.flagged == 1 and _flagged(p) == []
+        # A new second: flagged again after another 16 denials, not before.
+        t2 = t + 1_100_000_000  # refills 8 tokens (the burst), denials count afresh
+        for _ in range(8 + 15):
+            a.send(_proto_frame(flood))
+        _police(p, b, t2, stats)
+        assert stats.flagged == 1
+        a.send(_proto_frame(flood))
+        _police(p, b, t2, stats)
+        assert stats.flagged == 2 and _flagged(p) == [flood]
+        # A source within its rate is never flagged: 100 frames/s for 3 s.
+        for i in range(300):
+            a.send(_proto_frame(calm))
+            assert len(_police(p, b, t2 + (i + 1) * 10_000_000, stats)) == 1
+        assert stats.flagged == 2 and _flagged(p) == []
+    finally:
+        a.close()
+        b.close()
+
+
+def test_police_flagged_list_is_bounded_and_kept_until_taken() -> None:
+    p = ffi.gc(lib.ox_police_new(1.0, 1.0, 4096), lib.ox_police_free)
+    stats = ffi.new("ox_police_stats *")
+    sources = _macs(lib.OX_MAX_BLOCKED + 8, 5)
+    a, b = _unix_pair()
+    try:
+        for m in sources:
+            for _ in range(3):  # 1 accepted, 2 denied = flagged (strike 2)
+                a.send(_proto_frame(m))
+            _police(p, b, 10**12, stats)
+        assert stats.flagged == len(sources)
+        buf = ffi.new("uint8_t[]", 6 * 4)
+        assert lib.ox_police_flagged(p, buf, 4) == 4
+        assert ffi.buffer(buf)[:] == b"".join(sources[:4])
+        rest = _flagged(p)
+        assert rest == sources[4:lib.OX_MAX_BLOCKED]  # the list holds OX_MAX_BLOCKED
+        assert lib.ox_police_flagged(p, ffi.NULL, 0) == 0
+        assert lib.ox_police_flagged(ffi.NULL, buf, 4) == 0
     finally:
         a.close()
         b.close()

@@ -154,17 +154,18 @@ def test_fuzz_run(lab: Lab, images: dict, tmp_path: Path, mode: str) -> None:
 
 @pytest.fixture(scope="module")
 def flood_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """One measurement shared by the flood tests: a 2 MiB boot undisturbed
-    (best of 2), then one while another host on the bridge floods valid
+    """One measurement shared by the flood tests: an 8 MiB boot undisturbed
+    (best of 2), then two while another host on the bridge floods valid
     128-offset READs as fast as it can, then one after the flood."""
     tmp = tmp_path_factory.mktemp("flood")
-    raw = raw_image(2 << 20, 11)
+    raw = raw_image(8 << 20, 11)
     (tmp / "flood.raw").write_bytes(raw)
     img = tmp / "flood.img"
     build_image(tmp / "flood.raw", img, target_size=64 << 20, image_name="flood")
     lab = Lab()
     try:
         srv, sled, flooder = lab.bridge(3)
+        flooder_mac = flooder.mac()
         log = tmp / "server.log"
         server = bootserver(lab, srv, ["--json", srv.ifname, str(img), "any"], log)
         wait_listening(log)
@@ -177,26 +178,31 @@ def flood_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
         flood = start_helper(lab, flooder, "flood", flooder.ifname, "--server", srv.mac(),
                              "--image-size", str(len(raw)))
         time.sleep(1.0)  # the flood at full speed
-        # Far more than 2x: a boot still running by then has failed the test anyway.
-        status, flooded, saved = netboot(sled, img, tmp, timeout=max(10.0, 50 * base))
-        flooded_ok = status == 0 and flooded["verified"] and saved.read_bytes() == raw
+        flooded = []
+        for _ in range(2):
+            # Far more than 2x: a boot still running by then has failed the test anyway.
+            status, result, saved = netboot(sled, img, tmp, timeout=max(10.0, 50 * base))
+            result["ok"] = status == 0 and result["verified"] and saved.read_bytes() == raw
+            flooded.append(result)
         sent = stop_helper(flood)
         alive = server.poll() is None
         status, after, saved = netboot(sled, img, tmp, timeout=30)
         after_ok = status == 0 and after["verified"] and saved.read_bytes() == raw
         stats = final_stats(server, log)
+        blocked = [e for e in events(log) if e["event"] == "blocked"]
     finally:
         lab.close()
-    took = flooded["total_seconds"]
-    print(f"\nREAD flood: undisturbed 2 MiB boots {quiet} s (best {base:.4f} s); under a flood "
-          f"of {sent['rate']} READs/s from one host: {took} s ({took / base:.0f}x; transfer "
-          f"{flooded['seconds']} s), state {flooded['state']}, verified {flooded['verified']}, "
-          f"{flooded['retransmits']} retransmissions; after the flood: "
-          f"{after['total_seconds']} s. Server: rx_drops {stats['rx_drops']}, "
-          f"reads {stats.get('reads')}, tx_dropped_jobs {stats['tx_dropped_jobs']}, "
-          f"rate_limited {stats.get('rate_limited', 0)}, tx_frames {stats['tx_frames']}")
-    return {"base": base, "flooded": flooded, "flooded_ok": flooded_ok, "after_ok": after_ok,
-            "alive": alive, "flood": sent, "stats": stats}
+    took = [r["total_seconds"] for r in flooded]
+    print(f"\nREAD flood: undisturbed 8 MiB boots {quiet} s (best {base:.4f} s); under a flood "
+          f"of {sent['rate']} READs/s from one host: {took} s "
+          f"({max(took) / base:.2f}x at worst), states {[r['state'] for r in flooded]}, "
+          f"retransmissions {[r['retransmits'] for r in flooded]}; after the flood: "
+          f"{after['total_seconds']} s. Server: sources blocked {stats['sources_blocked']} "
+          f"({[e['mac'] for e in blocked]}), rx_policed {stats['rx_policed']}, "
+          f"rx_drops {stats['rx_drops']}, reads {stats.get('reads')}, "
+          f"tx_dropped_jobs {stats['tx_dropped_jobs']}, tx_frames {stats['tx_frames']}")
+    return {"base": base, "flooded": flooded, "after_ok": after_ok, "alive": alive,
+            "flood": sent, "stats": stats, "blocked": blocked, "flooder": flooder_mac}
 
 
 def test_read_flood_is_limited_and_survived(flood_run: dict) -> None:
@@ -204,19 +210,18 @@ def test_read_flood_is_limited_and_survived(flood_run: dict) -> None:
     assert flood_run["after_ok"]  # served normally once the flood stops
     assert flood_run["flood"]["sent"] > 10_000, flood_run["flood"]
     stats = flood_run["stats"]
-    assert stats["tx_dropped_jobs"] + stats.get("rate_limited", 0) + stats["rx_policed"] > 0, stats
+    # Policed per frame in C until it was flagged, then blocked in the kernel:
+    # the flooder, and only the flooder.
+    assert stats["rx_policed"] > 0 and stats["sources_blocked"] >= 1, stats
+    assert {e["mac"] for e in flood_run["blocked"]} == {flood_run["flooder"]}, flood_run["blocked"]
 
 
-@pytest.mark.xfail(strict=True, reason="target not met on a 2-core machine: the flooding "
-                   "host's frames are now policed per source in C and the sled keeps its turn "
-                   "(boots verify with no retransmission), but the flood's delivery takes one "
-                   "core and the server and the sled share the other: 2 MiB boots 8-25x slower "
-                   "(undisturbed: 10 ms)")
 def test_read_flood_sled_within_twice_undisturbed_time(flood_run: dict) -> None:
-    assert flood_run["flooded_ok"], flood_run["flooded"]
-    took = flood_run["flooded"]["total_seconds"]
-    assert took <= 2 * flood_run["base"], (
-        f"flooded boot {took} s vs undisturbed {flood_run['base']} s")
+    for result in flood_run["flooded"]:
+        assert result["ok"], result
+        took = result["total_seconds"]
+        assert took <= 2 * flood_run["base"], (
+            f"flooded boot {took} s vs undisturbed {flood_run['base']} s")
 
 
 # ---- frames the server must not answer --------------------------------------------------

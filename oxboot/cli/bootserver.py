@@ -31,6 +31,11 @@ def build_parser(prog: str = "bootserver") -> Parser:
     p.add_argument("--user", metavar="NAME",
                    help="after opening the link and the images, drop root and run as NAME "
                    "(images must stay readable by NAME to be reloaded)")
+    p.add_argument("--read-rate", type=_positive, default=8000.0, metavar="N",
+                   help="frames per second one host may send (default 8000: an OS client "
+                   "sends one READ per 128 KiB, so ~1 GB/s per sled); a host that goes on "
+                   "sending far beyond it is blocked in the kernel for 2 s, doubling on "
+                   "repeats up to 64 s")
     p.add_argument("--scratch", metavar="DIR",
                    help="where each image's private, verified copy is kept while it is "
                    "served, inflated if compressed (default: $OXBOOT_SCRATCH or /var/tmp)")
@@ -64,10 +69,20 @@ def _body(args: argparse.Namespace) -> int:
         server = Server(args.link, [args.image_file, *args.image], allow, once=args.single,
                         hello_timeout=args.hello_timeout, log=log,
                         tx_method=args.tx, scratch=args.scratch, workers=args.workers,
-                        user=args.user)
+                        user=args.user, read_rate=args.read_rate)
     except LinkError as e:
         raise UsageError(e.strerror or str(e)) from None
     return server.run()
+
+
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"not a positive number: {text!r}")
+    return value
 
 
 def main(argv: Sequence[str] | None = None, prog: str = "bootserver") -> int:
