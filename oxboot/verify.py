@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from oxboot import codec as codecs
 from oxboot._native import Sha256
 from oxboot.format import HEADER_SIZE, Codec, Header, ImageError
 from oxboot.fsutil import AtomicFile, describe_os_error
@@ -196,6 +195,10 @@ def _decoded(f, header: Header, hasher: Sha256, out: Sink | None,  # noqa: ANN00
              meter: Progress) -> int:
     """Compressed data: inflate here (GIL released), hash and write on a
     worker thread, so the two overlap."""
+    # Imported here: checking a raw image needs none of the codecs, and
+    # their imports (thread pools, zstd, zlib-ng) are a measurable share of
+    # lookimage's time on small images.
+    from oxboot import codec as codecs
 
     def consume(block: bytes) -> None:
         hasher.update(block)

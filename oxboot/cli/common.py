@@ -7,7 +7,6 @@ as the original tools print them; never a traceback.
 from __future__ import annotations
 
 import argparse
-import json
 import signal
 import sys
 from collections.abc import Callable, Sequence
@@ -47,6 +46,8 @@ def warn(message: str) -> None:
 
 
 def emit_json(obj: object) -> None:
+    import json  # only for --json: not on every command's start-up path
+
     sys.stdout.write(json.dumps(obj, sort_keys=True) + "\n")
     sys.stdout.flush()
 
