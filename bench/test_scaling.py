@@ -47,8 +47,9 @@ def _serve(lab: Lab, extra: list[str], image: Path, tmp: Path, sleds: int,
            rate: float) -> tuple[list[dict], int]:
     srv, cli = lab.pair()
     log = tmp / f"srv-{'-'.join(extra) or 'default'}.log"
-    proc = lab.start(srv, [*script("bootserver"), "--json", *extra, srv.ifname, str(image),
-                           "any"], log)
+    # The client may ask faster than a sled may by default: measure capacity.
+    proc = lab.start(srv, [*script("bootserver"), "--json", "--read-rate", "1e6", *extra,
+                           srv.ifname, str(image), "any"], log)
     wait_for(lambda: '"event": "image"' in log.read_text(), 120, "server")
     p = subprocess.run(cli.cmd([sys.executable, str(HERE / "blaster.py"), cli.ifname,
                                 str(SECONDS + 1), str(rate), str(sleds)]),

@@ -23,6 +23,14 @@ int ox_writeback(int fd, uint64_t offset, uint64_t len);
 size_t ox_deflate_bound(size_t len);
 long ox_deflate_chunk(int level, const uint8_t *in, size_t len, uint8_t *out, size_t cap);
 uint32_t ox_adler32(uint32_t adler, const uint8_t *buf, size_t len);
+#define OX_INFLATE_MAX_DICT 32768
+#define OX_INFLATE_ERROR -1
+#define OX_INFLATE_NO_ROOM -2
+size_t ox_inflate_work_size(size_t dict_len, size_t in_len);
+long ox_find_sync(const uint8_t *buf, size_t len, size_t from);
+long ox_inflate_piece(const uint8_t *dict, size_t dict_len, const uint8_t *in, size_t in_len,
+                      int final, uint8_t *work, size_t work_cap, uint8_t *out, size_t out_cap,
+                      size_t *used);
 
 long ox_build_data(uint8_t *out, size_t cap, const uint8_t *dst,
                    const uint8_t *src, const uint8_t *image,

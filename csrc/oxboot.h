@@ -61,6 +61,27 @@ size_t ox_deflate_bound(size_t len);
 long ox_deflate_chunk(int level, const uint8_t *in, size_t len, uint8_t *out, size_t cap);
 /* Adler-32 of buf[0, len) continuing from `adler` (1 to start). */
 uint32_t ox_adler32(uint32_t adler, const uint8_t *buf, size_t len);
+/*
+ * Inflate in[0, in_len), a piece of a raw deflate stream that starts at a
+ * block boundary on a byte boundary (the stream's start, or just after a
+ * sync flush's 00 00 ff ff), with dict[0, dict_len) (at most 32 KiB) the
+ * output that preceded it. Not final: the piece must end exactly at a
+ * block boundary and hold no final block. Final: it must hold the final
+ * block; *used tells how many bytes of in it took (what follows is the
+ * zlib trailer). work needs ox_inflate_work_size(dict_len, in_len) bytes.
+ * The output goes to out as dict followed by the piece's bytes. Returns
+ * the piece's output length, OX_INFLATE_NO_ROOM if out_cap is too small,
+ * or OX_INFLATE_ERROR (bad data or arguments). Thread-safe.
+ */
+#define OX_INFLATE_MAX_DICT 32768
+#define OX_INFLATE_ERROR -1
+#define OX_INFLATE_NO_ROOM -2
+size_t ox_inflate_work_size(size_t dict_len, size_t in_len);
+/* Where the first 00 00 ff ff at or after buf[from] starts, or -1. */
+long ox_find_sync(const uint8_t *buf, size_t len, size_t from);
+long ox_inflate_piece(const uint8_t *dict, size_t dict_len, const uint8_t *in, size_t in_len,
+                      int final, uint8_t *work, size_t work_cap, uint8_t *out, size_t out_cap,
+                      size_t *used);
 
 /* ---- Frames ----------------------------------------------------------- */
 

@@ -8,11 +8,18 @@ deflate pieces concatenate into one valid stream. An empty final block,
 then the Adler-32 of the whole input, close the stream. Chunks get no
 preset dictionary: with 4 MiB chunks the lost 32 KiB of context at each cut
 costs under 0.05% (bench/codec_survey.md).
+
+Reading, the same cuts speed things up: a stream is inflated piece by piece
+(cut after each sync flush) by libdeflate, which only takes whole buffers
+but is about 1.5x as fast as zlib-ng's streaming inflate; anything else
+(the original mkimage's single stream, a piece too large) is streamed.
 """
 
 from __future__ import annotations
 
+import mmap
 import os
+import queue
 import struct
 import zlib
 from collections import deque
@@ -248,10 +255,46 @@ class _Limited:
         return self._left
 
 
+class BufferPool:
+    """A few large output buffers, handed out and given back, so that blocks
+    of a decoded image are neither re-allocated nor re-faulted each time.
+    Anonymous mappings: memory is only used for what pieces actually fill."""
+
+    def __init__(self, count: int = 4, size: int = 0,
+                 check: Callable[[], None] | None = None) -> None:
+        self.size = size or PIECE_OUT
+        self._check = check
+        self._free: queue.SimpleQueue[mmap.mmap] = queue.SimpleQueue()
+        for _ in range(count):
+            self._free.put(mmap.mmap(-1, self.size))
+
+    def take(self) -> mmap.mmap:
+        """A free buffer; while waiting, `check` (say, that the consumer is
+        still alive: one that failed gives nothing back) may raise."""
+        while True:
+            try:
+                return self._free.get(timeout=0.05 if self._check else None)
+            except queue.Empty:
+                assert self._check is not None
+                self._check()
+
+    def give(self, block: bytes | memoryview) -> None:
+        """Give back the buffer under `block` (a no-op for other blocks)."""
+        if isinstance(block, memoryview) and isinstance(block.obj, mmap.mmap):
+            buf = block.obj
+            block.release()
+            self._free.put(buf)
+
+
 def decode(codec: Codec, f: BinaryIO, data_size: int, image_size: int,
            on_read: Callable[[int], None] | None = None,
-           step: int = INFLATE_STEP) -> Iterator[bytes]:
+           step: int = INFLATE_STEP,
+           pool: BufferPool | None = None) -> Iterator[bytes | memoryview]:
     """Yield the raw image from `data_size` bytes of `f`, in bounded blocks.
+
+    With a `pool`, zlib data is inflated by libdeflate into the pool's
+    buffers: the consumer must hand every block back with ``pool.give``
+    once done with it (blocks stay valid until then).
 
     Raises ImageError when the stream is corrupt, ends early, holds more
     than `image_size` bytes or is followed by stray bytes.
@@ -265,8 +308,10 @@ def decode(codec: Codec, f: BinaryIO, data_size: int, image_size: int,
             raise ImageError(f"zstd frame is {size} bytes but data size is {data_size}")
         f.seek(start)
     src = _Limited(f, data_size, on_read)
-    if codec is Codec.ZLIB:
-        yield from _inflate(src, image_size, step)
+    if codec is Codec.ZLIB and pool is not None:
+        yield from _inflate_pieces(src, image_size, step, pool)
+    elif codec is Codec.ZLIB:
+        yield from _Inflater(image_size, step, zlib_header=True).run(b"", src)
     elif codec is Codec.ZSTD:
         yield from _unzstd(src, image_size, step)
     else:
@@ -274,28 +319,161 @@ def decode(codec: Codec, f: BinaryIO, data_size: int, image_size: int,
             yield chunk
 
 
-def _inflate(src: _Limited, image_size: int, step: int) -> Iterator[bytes]:
-    d = _deflate_module().decompressobj()
+#: Sync-flush marker: the LEN/NLEN of an empty stored block. A deflate stream
+#: can be cut just after one and the next block starts on a byte boundary.
+SYNC_MARKER = b"\x00\x00\xff\xff"
+#: Compressed bytes a piece holds at least (shorter runs are merged) and at
+#: most (a stream without markers, e.g. the original mkimage's, is streamed).
+PIECE_MIN = 4 << 10
+PIECE_MAX = 8 << 20
+#: Output room per piece: oxboot's own pieces hold 4 MiB (BLOCK); one that
+#: needs more is streamed instead, as is the rest of its stream.
+PIECE_OUT = 16 << 20
+#: Markers a piece may run past (each a failed attempt) before streaming.
+PIECE_RETRIES = 4
+_DICT = 32 << 10
+
+
+def _inflate_pieces(src: _Limited, image_size: int, step: int,
+                    pool: BufferPool) -> Iterator[bytes | memoryview]:
+    """zlib data, inflated with libdeflate piece by piece.
+
+    The stream is cut after sync-flush markers (pigz-style streams, oxboot's
+    own, have one every few MiB). Each piece is inflated in one call with
+    the 32 KiB before it as its dictionary (``ox_inflate_piece``), and the
+    Adler-32 is checked at the end. Anything unexpected (no markers, a
+    marker that was only data, a piece that does not fit, corrupt data)
+    hands the rest of the stream, from the start of that piece, to the
+    streaming inflater, which then decodes it or reports the error.
+    """
+    head = src.read(2)
+    if len(head) < 2 or not _plain_zlib_header(head):
+        yield from _Inflater(image_size, step, zlib_header=True).run(head, src)
+        return
+    buf = bytearray()
+    searched = 0
+    zdict = b""
+    adler = 1
     produced = 0
-    try:
-        while not d.eof:
-            data = d.unconsumed_tail or src.read(1 << 20)
-            if not data:
-                raise ImageError("corrupt deflate stream (it ends early)")
-            out = d.decompress(data, step)
-            produced += len(out)
-            if produced > image_size:
-                raise ImageError(f"compressed data holds more than the image size of {image_size}")
-            if out:
-                yield out
-    except zlib.error as e:
-        raise ImageError(f"corrupt deflate stream ({e})") from None
-    except Exception as e:  # zlib_ng raises its own error type
-        if type(e).__name__ == "error":
+    work = ffi.new("uint8_t[]", lib.ox_inflate_work_size(_DICT, PIECE_MAX + 4))
+    used = ffi.new("size_t *")
+    skip = 0  # markers before this were tried and were data, not a flush
+    retries = 0
+    while True:
+        # A piece: up to a marker at least PIECE_MIN in, or the rest.
+        cut = -1
+        while True:
+            pos = lib.ox_find_sync(ffi.from_buffer(buf), len(buf),
+                                   max(searched, PIECE_MIN - 4, skip))
+            if pos >= 0:
+                cut = pos + 4
+                break
+            searched = max(len(buf) - 3, 0)
+            if not src.left or len(buf) > PIECE_MAX:
+                break
+            buf += src.read(1 << 20)
+        final = cut < 0
+        piece_len = len(buf) if final else cut
+        if piece_len > PIECE_MAX:
+            break  # no marker in sight: stream the rest
+        out = pool.take()
+        n = lib.ox_inflate_piece(zdict, len(zdict), ffi.from_buffer(buf), piece_len, final,
+                                 work, len(work), ffi.from_buffer(out), pool.size, used)
+        if n < 0 or produced + n > image_size or (final and used[0] + 4 != piece_len):
+            pool.give(memoryview(out))
+            if n == lib.OX_INFLATE_ERROR and not final and retries < PIECE_RETRIES:
+                # Most likely compressed bytes that happen to read 00 00 ff ff:
+                # try again up to the next marker.
+                retries += 1
+                skip = searched = piece_len - 3
+                continue
+            break  # the streaming inflater decides
+        view = memoryview(out)[len(zdict):len(zdict) + n]
+        adler = lib.ox_adler32(adler, ffi.from_buffer(view), n)
+        produced += n
+        tail = bytes(out[len(zdict) + n - min(n + len(zdict), _DICT):len(zdict) + n])
+        if final:
+            if int.from_bytes(buf[used[0]:piece_len], "big") != adler:
+                pool.give(view)
+                raise ImageError("corrupt deflate stream (incorrect data check)")
+            if n:
+                yield view
+            else:
+                pool.give(view)
+            return
+        zdict = tail[-_DICT:]
+        del buf[:piece_len]
+        searched = skip = retries = 0
+        if n:
+            yield view
+        else:
+            pool.give(view)
+    inflater = _Inflater(image_size, step, zlib_header=False, zdict=zdict, adler=adler,
+                         produced=produced)
+    yield from inflater.run(bytes(buf), src)
+
+
+def _plain_zlib_header(head: bytes) -> bool:
+    cmf, flg = head[0], head[1]
+    return cmf & 0x0F == 8 and cmf >> 4 <= 7 and (cmf << 8 | flg) % 31 == 0 and not flg & 0x20
+
+
+class _Inflater:
+    """Streaming inflate (zlib-ng), from the start of a zlib stream or, raw,
+    from a block boundary inside one with the preceding 32 KiB as its
+    dictionary (then the Adler-32 so far is carried in and checked here)."""
+
+    def __init__(self, limit: int, step: int, *, zlib_header: bool, zdict: bytes = b"",
+                 adler: int = 1, produced: int = 0) -> None:
+        self.limit = limit
+        self.produced = produced
+        self.step = step
+        self.raw = not zlib_header
+        self.adler = adler
+        module = _deflate_module()
+        if self.raw:
+            self.d = module.decompressobj(-15, zdict=zdict) if zdict else \
+                module.decompressobj(-15)
+        else:
+            self.d = module.decompressobj()
+
+    def run(self, first: bytes, src: _Limited) -> Iterator[bytes]:
+        d = self.d
+        produced = self.produced
+        pending = first
+        try:
+            while not d.eof:
+                data = d.unconsumed_tail or pending or src.read(1 << 20)
+                pending = b""
+                if not data:
+                    raise ImageError("corrupt deflate stream (it ends early)")
+                out = d.decompress(data, self.step)
+                produced += len(out)
+                if produced > self.limit:
+                    raise ImageError("compressed data holds more than the image size of "
+                                     f"{self.limit}")
+                if out:
+                    if self.raw:
+                        self.adler = zlib.adler32(out, self.adler)
+                    yield out
+        except zlib.error as e:
             raise ImageError(f"corrupt deflate stream ({e})") from None
-        raise
-    if d.unused_data or src.left:
-        raise ImageError("stray bytes after the end of the deflate stream")
+        except Exception as e:  # zlib_ng raises its own error type
+            if type(e).__name__ == "error":
+                raise ImageError(f"corrupt deflate stream ({e})") from None
+            raise
+        rest = d.unused_data + pending
+        if self.raw:
+            # The Adler-32 trailer is ours to check after a raw inflate.
+            while len(rest) < 4 and src.left:
+                rest += src.read(4 - len(rest))
+            if len(rest) < 4:
+                raise ImageError("corrupt deflate stream (it ends early)")
+            if int.from_bytes(rest[:4], "big") != self.adler:
+                raise ImageError("corrupt deflate stream (incorrect data check)")
+            rest = rest[4:]
+        if rest or src.left:
+            raise ImageError("stray bytes after the end of the deflate stream")
 
 
 def _unzstd(src: _Limited, image_size: int, step: int) -> Iterator[bytes]:

@@ -3,8 +3,9 @@ raw image out.
 
 The data is read once. Decoding (zlib or zstd, GIL released) runs on the
 calling thread while SHA-256 (C core) and any output write run on their own
-threads, so a compressed image verifies in about the time of the slower of
-inflate and hash, not their sum.
+thread, so a compressed image verifies in about the time of the slower of
+inflate and hash, not their sum. zlib pieces are inflated into a few reused
+buffers (codec.BufferPool) that the hashing thread hands back.
 """
 
 from __future__ import annotations
@@ -200,16 +201,20 @@ def _decoded(f, header: Header, hasher: Sha256, out: Sink | None,  # noqa: ANN00
     # lookimage's time on small images.
     from oxboot import codec as codecs
 
-    def consume(block: bytes) -> None:
-        hasher.update(block)
-        if out is not None:
-            out.write_all(block)
+    def consume(block: bytes | memoryview) -> None:
+        try:
+            hasher.update(block)
+            if out is not None:
+                out.write_all(block)
+        finally:
+            pool.give(block)
 
     produced = 0
-    worker: Worker[bytes] = Worker(consume, depth=8, name="sha256")
+    worker: Worker[bytes | memoryview] = Worker(consume, depth=8, name="sha256")
+    pool = codecs.BufferPool(check=worker.check)
     try:
         for block in codecs.decode(header.codec, f, header.data_size, header.image_size,
-                                   on_read=meter.advance, step=READ_BLOCK):
+                                   on_read=meter.advance, step=READ_BLOCK, pool=pool):
             produced += len(block)
             worker.put(block)
         worker.join()

@@ -1,0 +1,266 @@
+"""Inflating zlib images piece by piece with libdeflate (csrc/deflate.c:
+ox_inflate_piece, ox_find_sync; oxboot.codec.decode with a BufferPool).
+
+What matters: the fast path yields exactly what the streaming inflater
+(zlib-ng) yields, for every stream: oxboot's own, pigz-style streams whose
+pieces refer back across the cuts, streams without markers, streams in
+which 00 00 ff ff occurs as data, and corrupt ones (an error either way,
+never different bytes). The C calls get exact-size buffers (CBuf), so the
+sanitizer run catches any stray access.
+"""
+
+from __future__ import annotations
+
+import io
+import random
+import zlib
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from test_codec import MIB, CBuf, encode, mixed
+
+from oxboot._native import ffi, lib
+from oxboot.codec import BufferPool, decode
+from oxboot.format import Codec, ImageError
+
+SYNC = b"\x00\x00\xff\xff"
+
+
+def decode_all(stream: bytes, image_size: int, pool: BufferPool | None) -> tuple[bytes, int]:
+    """(the decoded bytes, how many blocks came from the pool)."""
+    out = []
+    pooled = 0
+    for block in decode(Codec.ZLIB, io.BytesIO(stream), len(stream), image_size, pool=pool):
+        out.append(bytes(block))
+        if isinstance(block, memoryview):
+            pooled += 1
+        if pool is not None:
+            pool.give(block)
+    return b"".join(out), pooled
+
+
+def outcome(stream: bytes, image_size: int, pool: BufferPool | None) -> tuple[str, bytes]:
+    try:
+        return "ok", decode_all(stream, image_size, pool)[0]
+    except ImageError:
+        return "error", b""
+
+
+def pigz_style(data: bytes, flush_every: int, level: int = 6) -> bytes:
+    """One zlib stream sync-flushed every `flush_every` bytes, as pigz does,
+    but with no reset in between: pieces refer back across the cuts."""
+    c = zlib.compressobj(level)
+    out = [c.compress(data[i:i + flush_every]) + c.flush(zlib.Z_SYNC_FLUSH)
+           for i in range(0, len(data), flush_every)]
+    return b"".join(out) + c.flush()
+
+
+@pytest.fixture(scope="module")
+def pool() -> BufferPool:
+    return BufferPool()
+
+
+# ---- whole streams: the fast path and the streaming inflater agree ---------------------
+
+
+@pytest.mark.parametrize("size", [0, 1, 5000, MIB, 4 * MIB, 9 * MIB + 7])
+def test_oxboot_streams_take_the_fast_path(pool: BufferPool, size: int) -> None:
+    data = mixed(size, seed=size)
+    stream = encode(data, block=MIB)  # a marker after every MiB of input
+    got, pooled = decode_all(stream, size, pool)
+    assert got == data
+    assert pooled >= size // MIB  # every whole chunk came through libdeflate
+    assert decode_all(stream, size, None)[0] == data
+
+
+@pytest.mark.parametrize("flush_every", [1000, 40_000, 300_000])
+def test_pieces_that_refer_back_across_cuts(pool: BufferPool, flush_every: int) -> None:
+    rng = random.Random(flush_every)
+    # Repetitive text: matches reach back into the previous piece.
+    words = [rng.randbytes(rng.randint(3, 12)) for _ in range(300)]
+    data = b" ".join(rng.choice(words) for _ in range(200_000))
+    stream = pigz_style(data, flush_every)
+    got, pooled = decode_all(stream, len(data), pool)
+    assert got == data
+    assert pooled > 0
+
+
+def test_streams_without_markers(pool: BufferPool) -> None:
+    # Small enough: one piece, through libdeflate.
+    data = mixed(3 * MIB, seed=4)
+    stream = zlib.compress(data, 9)
+    assert SYNC not in stream[2:]
+    assert decode_all(stream, len(data), pool) == (data, 1)
+    # Longer than a piece may be (the original mkimage's): streamed.
+    data = random.Random(4).randbytes(9 * MIB)
+    stream = zlib.compress(data, 1)
+    assert SYNC not in stream[2:]
+    assert decode_all(stream, len(data), pool) == (data, 0)
+
+
+def test_markers_that_are_data(pool: BufferPool) -> None:
+    # Stored blocks (level 0) carry the data as is, so 00 00 ff ff in the
+    # data is a "marker" inside a block, and a 65535-byte stored block's
+    # LEN/NLEN read ff ff 00 00; cutting there would be wrong.
+    data = (SYNC * 5000 + bytes(range(256)) * 300) * 4
+    for level in (0, 1, 6):
+        for stream in (zlib.compress(data, level), pigz_style(data, 70_000, level)):
+            assert decode_all(stream, len(data), pool)[0] == data
+
+
+def test_piece_needing_more_room_than_a_buffer(tmp_path) -> None:  # noqa: ANN001
+    small = BufferPool(count=2, size=256 << 10)
+    data = bytes(3 * MIB) + mixed(MIB, seed=9)  # zeros: 1000:1 per piece
+    stream = encode(data, block=MIB)
+    got, pooled = decode_all(stream, len(data), small)
+    assert got == data
+
+
+@pytest.mark.parametrize("case", ["truncated", "no_trailer", "bad_adler", "stray", "too_big",
+                                  "empty", "header_only", "fdict", "bad_header"])
+def test_broken_streams_fail_cleanly(pool: BufferPool, case: str) -> None:
+    data = mixed(3 * MIB, seed=5)
+    stream = encode(data, block=MIB)
+    size = len(data)
+    if case == "truncated":
+        stream = stream[:len(stream) // 2]
+    elif case == "no_trailer":
+        stream = stream[:-4]
+    elif case == "bad_adler":
+        stream = stream[:-1] + bytes([stream[-1] ^ 1])
+    elif case == "stray":
+        stream += b"\x00"
+    elif case == "too_big":
+        size -= 1
+    elif case == "empty":
+        stream = b""
+    elif case == "header_only":
+        stream = stream[:2]
+    elif case == "fdict":
+        stream = b"\x78\xbb" + stream[2:]
+    else:
+        stream = b"\x78\x00" + stream[2:]
+    with pytest.raises(ImageError):
+        decode_all(stream, size, pool)
+    with pytest.raises(ImageError):
+        decode_all(stream, size, None)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(flips=st.lists(st.tuples(st.integers(0, 10**9), st.integers(1, 255)), min_size=1,
+                      max_size=3),
+       cut=st.one_of(st.none(), st.integers(0, 10**9)))
+def test_corruptions_give_the_same_outcome_either_way(flips: list[tuple[int, int]],
+                                                      cut: int | None) -> None:
+    stream = bytearray(_STREAM)
+    for pos, x in flips:
+        stream[pos % len(stream)] ^= x
+    if cut is not None:
+        del stream[cut % len(stream):]
+    fast = outcome(bytes(stream), len(_DATA), _POOL)
+    slow = outcome(bytes(stream), len(_DATA), None)
+    assert fast == slow
+
+
+_DATA = mixed(600_000, seed=12)
+_STREAM = pigz_style(_DATA, 50_000)
+_POOL = BufferPool(count=2, size=MIB)
+
+
+def test_pool_take_checks_while_waiting() -> None:
+    p = BufferPool(count=1, size=4096, check=lambda: (_ for _ in ()).throw(OSError("dead")))
+    first = p.take()
+    with pytest.raises(OSError, match="dead"):
+        p.take()  # nothing is given back: the check ends the wait
+    p.give(memoryview(first)[:10])
+    assert p.take() is first
+    p.give(b"not pooled")  # a no-op
+
+
+# ---- the C calls ------------------------------------------------------------------------
+
+
+def _piece(stream: bytes) -> bytes:
+    """The raw deflate data of a pigz-style zlib stream's first piece."""
+    return stream[2:stream.index(SYNC, 2) + 4]
+
+
+def test_inflate_piece_exact_buffers() -> None:
+    data = mixed(200_000, seed=2)
+    piece = _piece(pigz_style(data, 100_000))
+    assert zlib.decompressobj(-15).decompress(piece) == data[:100_000]
+    need = lib.ox_inflate_work_size(0, len(piece))
+    used = ffi.new("size_t *")
+    with CBuf(len(piece), piece) as src, CBuf(need) as work, CBuf(100_000) as out:
+        n = lib.ox_inflate_piece(ffi.NULL, 0, src.ptr, len(piece), 0, work.ptr, need,
+                                 out.ptr, 100_000, used)
+        assert n == 100_000 and out.buf[:] == data[:100_000] and used[0] == len(piece)
+        # One byte less room: no room, and nothing written past it.
+        n = lib.ox_inflate_piece(ffi.NULL, 0, src.ptr, len(piece), 0, work.ptr, need,
+                                 out.ptr, 99_999, used)
+        assert n == lib.OX_INFLATE_NO_ROOM
+        # Work buffer one byte short, or a piece one byte short: refused / bad.
+        assert lib.ox_inflate_piece(ffi.NULL, 0, src.ptr, len(piece), 0, work.ptr, need - 1,
+                                    out.ptr, 100_000, used) == lib.OX_INFLATE_ERROR
+        assert lib.ox_inflate_piece(ffi.NULL, 0, src.ptr, len(piece) - 1, 0, work.ptr, need,
+                                    out.ptr, 100_000, used) == lib.OX_INFLATE_ERROR
+        # Final: this piece holds no final block.
+        assert lib.ox_inflate_piece(ffi.NULL, 0, src.ptr, len(piece), 1, work.ptr, need,
+                                    out.ptr, 100_000, used) == lib.OX_INFLATE_ERROR
+
+
+def test_inflate_piece_with_dictionary() -> None:
+    data = b"abcdefgh" * 10_000
+    stream = pigz_style(data, 40_000)
+    first = _piece(stream)
+    rest = stream[2 + len(first):-4]  # the second piece and the final block
+    dict_ = data[40_000 - 32768:40_000]
+    need = lib.ox_inflate_work_size(len(dict_), len(rest))
+    used = ffi.new("size_t *")
+    cap = len(dict_) + len(data) - 40_000
+    with CBuf(len(rest), rest) as src, CBuf(need) as work, CBuf(cap) as out, \
+            CBuf(len(dict_), dict_) as d:
+        # Without the dictionary its back-references cannot resolve.
+        assert lib.ox_inflate_piece(ffi.NULL, 0, src.ptr, len(rest), 1, work.ptr, need,
+                                    out.ptr, cap, used) == lib.OX_INFLATE_ERROR
+        n = lib.ox_inflate_piece(d.ptr, len(dict_), src.ptr, len(rest), 1, work.ptr, need,
+                                 out.ptr, cap, used)
+        assert n == len(data) - 40_000
+        assert out.buf[:] == dict_ + data[40_000:]
+        assert used[0] == len(rest)
+
+
+def test_inflate_piece_bad_arguments() -> None:
+    used = ffi.new("size_t *")
+    work = ffi.new("uint8_t[]", 64)
+    out = ffi.new("uint8_t[]", 64)
+    big = 32769
+    assert lib.ox_inflate_work_size(big, 10) == (1 << 64) - 1
+    assert lib.ox_inflate_piece(ffi.NULL, 10, b"x", 1, 0, work, 64, out, 64, used) == -1
+    assert lib.ox_inflate_piece(ffi.NULL, 0, ffi.NULL, 1, 0, work, 64, out, 64, used) == -1
+    assert lib.ox_inflate_piece(ffi.NULL, 0, b"x", 1, 0, ffi.NULL, 64, out, 64, used) == -1
+    assert lib.ox_inflate_piece(ffi.NULL, 0, b"x", 1, 0, work, 64, ffi.NULL, 64, used) == -1
+    assert lib.ox_inflate_piece(ffi.NULL, 0, b"x", 1, 0, work, 64, out, 64, ffi.NULL) == -1
+    assert lib.ox_inflate_piece(b"d" * 40, 40, b"x", 1, 0, work, 64, out, 39, used) == -1
+
+
+@pytest.mark.parametrize(("buf", "start", "want"), [
+    (SYNC, 0, 0), (b"x" + SYNC, 0, 1), (b"x" + SYNC, 1, 1), (b"x" + SYNC, 2, -1),
+    (b"\x00\xff\xff" + SYNC, 0, 3), (b"\x00\x00\xff", 0, -1), (b"", 0, -1),
+    (b"\xff" * 10, 0, -1), (b"\x00\x00\xff\x00\x00\xff\xff", 0, 3), (SYNC * 3, 5, 8),
+])
+def test_find_sync(buf: bytes, start: int, want: int) -> None:
+    with CBuf(len(buf), buf) as b:
+        assert lib.ox_find_sync(b.ptr, len(buf), start) == want
+    assert lib.ox_find_sync(ffi.NULL, 10, 0) == -1
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=300).map(lambda b: b.replace(b"\x01", b"\x00").replace(b"\x02",
+                                                                                  b"\xff")),
+       st.integers(0, 310))
+def test_find_sync_matches_bytes_find(buf: bytes, start: int) -> None:
+    want = buf.find(SYNC, start) if start <= len(buf) else -1
+    with CBuf(len(buf), buf) as b:
+        assert lib.ox_find_sync(b.ptr, len(buf), start) == want
