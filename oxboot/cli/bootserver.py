@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 from oxboot.cli.common import Parser, UsageError, run
 from oxboot.link import TX_METHODS, LinkError, parse_mac
-from oxboot.server import EventLog, Server
+from oxboot.server import DEFAULT_BUSY_POLL, EventLog, Server
 
 
 def build_parser(prog: str = "bootserver") -> Parser:
@@ -36,6 +36,10 @@ def build_parser(prog: str = "bootserver") -> Parser:
                    "sends one READ per 128 KiB, so ~1 GB/s per sled); a host that goes on "
                    "sending far beyond it is blocked in the kernel for 2 s, doubling on "
                    "repeats up to 64 s")
+    p.add_argument("--busy-poll", type=_non_negative, default=DEFAULT_BUSY_POLL * 1e6,
+                   metavar="USEC",
+                   help="poll the socket this long without sleeping after each frame while "
+                   "sleds are active, for lower latency (default %(default)g; 0: never)")
     p.add_argument("--scratch", metavar="DIR",
                    help="where each image's private, verified copy is kept while it is "
                    "served, inflated if compressed (default: $OXBOOT_SCRATCH or /var/tmp)")
@@ -69,7 +73,8 @@ def _body(args: argparse.Namespace) -> int:
         server = Server(args.link, [args.image_file, *args.image], allow, once=args.single,
                         hello_timeout=args.hello_timeout, log=log,
                         tx_method=args.tx, scratch=args.scratch, workers=args.workers,
-                        user=args.user, read_rate=args.read_rate)
+                        user=args.user, read_rate=args.read_rate,
+                        busy_poll=args.busy_poll / 1e6)
     except LinkError as e:
         raise UsageError(e.strerror or str(e)) from None
     return server.run()
@@ -82,6 +87,16 @@ def _positive(text: str) -> float:
         value = 0.0
     if not value > 0 or value == float("inf"):
         raise argparse.ArgumentTypeError(f"not a positive number: {text!r}")
+    return value
+
+
+def _non_negative(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"not a number >= 0: {text!r}")
     return value
 
 
