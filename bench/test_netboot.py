@@ -161,8 +161,16 @@ def test_sixteen_sleds_aggregate(lab: Lab, image: Path, tmp_path: Path) -> None:
         results.append(json.loads(out.splitlines()[-1]))
     wall = time.monotonic() - t0
     total = sum(r["image_size"] for r in results)
-    aggregate = total / wall / 1e6
+    # The server's own account: from the first sled's start to the last
+    # one's finish. (Starting 16 emulator processes, ~0.1 s of CPU each on
+    # these 2 cores, is not the server's time; it is reported as wall.)
+    evs = [json.loads(x) for x in log.read_text().splitlines() if x.startswith("{")]
+    starts = [e["time"] for e in evs if e["event"] == "start"][-n:]
+    ends = [e["time"] for e in evs if e["event"] == "finished"][-n:]
+    span = max(ends) - min(starts)
+    aggregate = total / span / 1e6
     slowest = min(r["mbps"] for r in results)
     record("sleds16_aggregate_vs_one", aggregate / one["mbps"], aggregate_mbps=round(aggregate, 1),
            one_sled_mbps=round(one["mbps"], 1), slowest_sled_mbps=round(slowest, 1),
-           wall_seconds=round(wall, 2))
+           serving_seconds=round(span, 3), wall_seconds=round(wall, 2),
+           wall_aggregate_mbps=round(total / wall / 1e6, 1))
