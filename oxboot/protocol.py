@@ -308,9 +308,12 @@ def _encode(msg: Message) -> tuple[MsgType, bytes]:
                 raise ValueError(f"READ noffsets must be in 0..{SLOTS}")
             if len(slots) != SLOTS:
                 raise ValueError(f"READ needs exactly {SLOTS} slots")
-            for slot in slots:
-                _u64(slot, "READ slot")
-            return MsgType.READ, _READ.pack(noffsets, *slots)
+            try:
+                return MsgType.READ, _READ.pack(noffsets, *slots)
+            except struct.error:
+                for slot in slots:  # name the culprit
+                    _u64(slot, "READ slot")
+                raise ValueError("READ slots must be integers in 0..2**64-1") from None
         case Data(offset, payload):
             if len(payload) > MAX_DATA:
                 raise ValueError(f"DATA payload longer than {MAX_DATA} bytes")
@@ -747,6 +750,9 @@ class ClientState(enum.Enum):
     PANIC = "panic"
 
 
+_ALL_SLOTS = b"\x01" * SLOTS
+
+
 class ClientSession:
     """The OS network-boot client (``oxide_boot_net.c``), modelled exactly.
 
@@ -819,6 +825,15 @@ class ClientSession:
             return finished
         if empty:
             # A new batch only once every slot is empty, even past the end.
+            base = self.next_offset
+            if base + SLOTS * CHUNK <= _U64_MAX:
+                # All of it due at once: one READ naming every slot (the
+                # loops below, in bulk; this runs once per 128 KiB).
+                offsets[:] = array("Q", range(base, base + SLOTS * CHUNK, CHUNK))
+                busy[:] = _ALL_SLOTS
+                sent[:] = [now] * SLOTS
+                self.next_offset = base + SLOTS * CHUNK
+                return [Frame(self.server, self.mac, Read(SLOTS, tuple(offsets)))]
             for i in range(SLOTS):
                 offsets[i] = self.next_offset & _U64_MAX
                 busy[i] = 1
