@@ -78,12 +78,37 @@ typedef struct {
     uint64_t foreign;
     uint64_t policed;
     uint64_t flagged;
+    uint64_t served;
 } ox_police_stats;
 ox_police *ox_police_new(double rate, double burst, unsigned sources);
 void ox_police_free(ox_police *p);
 size_t ox_police_flagged(ox_police *p, uint8_t *macs, size_t max);
 #define OX_MAX_BLOCKED 32
 int ox_set_blocklist(int fd, const uint8_t *macs, size_t n);
+typedef struct ox_serve ox_serve;
+typedef struct {
+    uint64_t reads;
+    uint64_t offsets;
+    uint64_t retransmits;
+    uint64_t frames;
+    uint64_t bytes;
+    uint64_t high;
+    uint64_t last_ns;
+} ox_serve_info;
+typedef struct {
+    uint64_t reads, offsets, retransmits, frames, bytes, syscalls, errors;
+    int32_t last_errno;
+} ox_serve_totals;
+ox_serve *ox_serve_new(unsigned sessions);
+void ox_serve_free(ox_serve *s);
+int ox_serve_set(ox_serve *s, const uint8_t *sled, const uint8_t *image_mac,
+                 const uint8_t *image, uint64_t image_size, uint64_t high);
+int ox_serve_drop(ox_serve *s, const uint8_t *sled);
+int ox_serve_get(ox_serve *s, const uint8_t *sled, ox_serve_info *info);
+void ox_serve_totals_get(ox_serve *s, ox_serve_totals *out);
+long ox_rx_serve(int fd, ox_police *p, ox_serve *s, int tx_fd, uint64_t now_ns, uint8_t *out,
+                 size_t slot_size, uint32_t *lens, size_t out_n, size_t max_frames,
+                 ox_police_stats *stats);
 long ox_rx_police(int fd, ox_police *p, uint64_t now_ns, uint8_t *out, size_t slot_size,
                   uint32_t *lens, size_t out_n, size_t max_frames, ox_police_stats *stats);
 

@@ -606,20 +606,197 @@ static int police_take(ox_police *p, const uint8_t *mac, uint64_t now)
     return 1;
 }
 
-long ox_rx_police(int fd, ox_police *p, uint64_t now_ns, uint8_t *out, size_t slot_size,
-                  uint32_t *lens, size_t out_n, size_t max_frames, ox_police_stats *stats)
+/* ---- Server: READs of established sessions answered in C -------------- */
+
+struct serve_entry {
+    uint8_t sled[6];
+    uint8_t image_mac[6];
+    uint8_t used; /* 0 empty, 1 in use, 2 deleted (probing goes on) */
+    const uint8_t *image;
+    uint64_t image_size;
+    ox_serve_info info;
+};
+
+struct ox_serve {
+    size_t mask;
+    size_t live;
+    size_t cap;
+    struct serve_entry *table;
+    ox_serve_totals totals;
+};
+
+ox_serve *ox_serve_new(unsigned sessions)
+{
+    size_t n = 16;
+    ox_serve *s;
+    if (sessions == 0 || sessions > (1u << 20))
+        return NULL;
+    while (n < 2 * (size_t)sessions)
+        n <<= 1;
+    s = calloc(1, sizeof(*s));
+    if (s == NULL)
+        return NULL;
+    s->table = calloc(n, sizeof(*s->table));
+    if (s->table == NULL) {
+        free(s);
+        return NULL;
+    }
+    s->mask = n - 1;
+    s->cap = sessions;
+    return s;
+}
+
+void ox_serve_free(ox_serve *s)
+{
+    if (s == NULL)
+        return;
+    free(s->table);
+    free(s);
+}
+
+/* The entry of `sled`, or NULL; with `slot`, also where it would go. */
+static struct serve_entry *serve_find(ox_serve *s, const uint8_t *sled,
+                                      struct serve_entry **slot)
+{
+    size_t i = mac_hash(sled) & s->mask;
+    struct serve_entry *free_slot = NULL;
+    for (size_t k = 0; k <= s->mask; k++) {
+        struct serve_entry *e = &s->table[(i + k) & s->mask];
+        if (e->used == 0) {
+            if (slot != NULL)
+                *slot = free_slot != NULL ? free_slot : e;
+            return NULL;
+        }
+        if (e->used == 2) {
+            if (free_slot == NULL)
+                free_slot = e;
+        } else if (memcmp(e->sled, sled, 6) == 0) {
+            return e;
+        }
+    }
+    if (slot != NULL)
+        *slot = free_slot;
+    return NULL;
+}
+
+int ox_serve_set(ox_serve *s, const uint8_t *sled, const uint8_t *image_mac,
+                 const uint8_t *image, uint64_t image_size, uint64_t high)
+{
+    struct serve_entry *slot = NULL, *e;
+    if (s == NULL || sled == NULL || image_mac == NULL || (image == NULL && image_size != 0))
+        return -1;
+    e = serve_find(s, sled, &slot);
+    if (e == NULL) {
+        if (slot == NULL || s->live >= s->cap)
+            return -1;
+        e = slot;
+        s->live++;
+    }
+    memset(e, 0, sizeof(*e));
+    memcpy(e->sled, sled, 6);
+    memcpy(e->image_mac, image_mac, 6);
+    e->used = 1;
+    e->image = image;
+    e->image_size = image_size;
+    e->info.high = high;
+    return 0;
+}
+
+int ox_serve_drop(ox_serve *s, const uint8_t *sled)
+{
+    struct serve_entry *e;
+    if (s == NULL || sled == NULL)
+        return -1;
+    e = serve_find(s, sled, NULL);
+    if (e == NULL)
+        return 0;
+    /* A tombstone keeps later entries of the same probe run reachable. */
+    memset(e, 0, sizeof(*e));
+    e->used = 2;
+    s->live--;
+    return 1;
+}
+
+int ox_serve_get(ox_serve *s, const uint8_t *sled, ox_serve_info *info)
+{
+    struct serve_entry *e;
+    if (s == NULL || sled == NULL || info == NULL)
+        return -1;
+    e = serve_find(s, sled, NULL);
+    if (e == NULL)
+        return 0;
+    *info = e->info;
+    return 1;
+}
+
+void ox_serve_totals_get(ox_serve *s, ox_serve_totals *out)
+{
+    if (s != NULL && out != NULL)
+        *out = s->totals;
+}
+
+/* Answer a READ from an established session; 1 if done, 0 if Python must. */
+static int serve_read(ox_serve *s, int tx_fd, const uint8_t *f, size_t flen, uint64_t now_ns)
+{
+    uint64_t offsets[OX_SLOTS + 1];
+    ox_tx_stats tx;
+    struct serve_entry *e = serve_find(s, f + 6, NULL);
+    if (e == NULL || memcmp(e->image_mac, f, 6) != 0)
+        return 0;
+    long n = ox_read_offsets(f, flen, offsets);
+    if (n <= 0)
+        return 0; /* malformed, or nothing due: the protocol layer's call */
+    memset(&tx, 0, sizeof(tx));
+    long sent = ox_tx_data(tx_fd, OX_TX_SENDMMSG, e->sled, e->image_mac, e->image,
+                           e->image_size, offsets, (size_t)n, OX_CHUNK, &tx);
+    s->totals.frames += tx.frames;
+    s->totals.bytes += tx.bytes;
+    s->totals.syscalls += tx.syscalls;
+    if (sent < 0) {
+        s->totals.errors++;
+        s->totals.last_errno = tx.last_errno;
+        return 0; /* let the slow path try, and report */
+    }
+    ox_serve_info *in = &e->info;
+    uint64_t again = 0, top = in->high;
+    for (long i = 0; i < n; i++) {
+        if (offsets[i] < in->high)
+            again++;
+        uint64_t end = offsets[i] > UINT64_MAX - OX_CHUNK ? UINT64_MAX : offsets[i] + OX_CHUNK;
+        if (end > top)
+            top = end;
+    }
+    in->high = top;
+    in->reads++;
+    in->offsets += (uint64_t)n;
+    in->retransmits += again;
+    in->frames += tx.frames;
+    in->bytes += tx.bytes;
+    in->last_ns = now_ns;
+    s->totals.reads++;
+    s->totals.offsets += (uint64_t)n;
+    s->totals.retransmits += again;
+    return 1;
+}
+
+long ox_rx_serve(int fd, ox_police *p, ox_serve *s, int tx_fd, uint64_t now_ns, uint8_t *out,
+                 size_t slot_size, uint32_t *lens, size_t out_n, size_t max_frames,
+                 ox_police_stats *stats)
 {
     static __thread uint8_t buf[RX_BATCH][RX_FRAME];
     struct iovec iov[RX_BATCH];
     struct mmsghdr msg[RX_BATCH];
-    size_t kept = 0, total = 0;
+    size_t kept = 0, served = 0, total = 0;
 
-    if (p == NULL || out == NULL || lens == NULL || stats == NULL || slot_size == 0)
+    if (p == NULL || out == NULL || lens == NULL || stats == NULL || slot_size == 0 ||
+        (s != NULL && tx_fd < 0))
         return -1;
-    while (kept < out_n && total < max_frames) {
+    /* A READ answered here counts against out_n like a frame kept: under a
+     * stream of READs the caller still gets its turn (timers, other frames). */
+    while (kept + served < out_n && total < max_frames) {
         /* Never read more than there is room to keep: nothing accepted is
          * ever dropped here for lack of space. */
-        size_t want = out_n - kept;
+        size_t want = out_n - kept - served;
         if (want > RX_BATCH)
             want = RX_BATCH;
         if (want > max_frames - total)
@@ -651,6 +828,11 @@ long ox_rx_police(int fd, ox_police *p, uint64_t now_ns, uint8_t *out, size_t sl
                 stats->policed++;
                 continue;
             }
+            if (s != NULL && get_be32(f + 18) == OX_T_READ && serve_read(s, tx_fd, f, flen, now_ns)) {
+                stats->served++;
+                served++;
+                continue;
+            }
             memcpy(out + kept * slot_size, f, flen);
             lens[kept] = (uint32_t)flen;
             kept++;
@@ -661,4 +843,10 @@ long ox_rx_police(int fd, ox_police *p, uint64_t now_ns, uint8_t *out, size_t sl
     }
     stats->flagged = p->flagged_total;
     return (long)kept;
+}
+
+long ox_rx_police(int fd, ox_police *p, uint64_t now_ns, uint8_t *out, size_t slot_size,
+                  uint32_t *lens, size_t out_n, size_t max_frames, ox_police_stats *stats)
+{
+    return ox_rx_serve(fd, p, NULL, -1, now_ns, out, slot_size, lens, out_n, max_frames, stats);
 }

@@ -183,6 +183,7 @@ typedef struct {
     uint64_t foreign;    /* runts, other ethertypes, other magic */
     uint64_t policed;    /* dropped: their source was over its rate */
     uint64_t flagged;    /* sources found flooding (see ox_police_flagged) */
+    uint64_t served;     /* READs answered in C (ox_rx_serve) */
 } ox_police_stats;
 
 /*
@@ -222,6 +223,54 @@ int ox_set_blocklist(int fd, const uint8_t *macs, size_t n);
  */
 long ox_rx_police(int fd, ox_police *p, uint64_t now_ns, uint8_t *out, size_t slot_size,
                   uint32_t *lens, size_t out_n, size_t max_frames, ox_police_stats *stats);
+
+/* ---- Server: READs of established sessions answered in C -------------- */
+
+/*
+ * The sessions whose READs the receive loop answers itself: a READ that
+ * passed the policer, comes from a sled in this table and is addressed to
+ * the image MAC its session boots from is reduced to its due offsets
+ * (ox_read_offsets) and answered with DATA from that session's image
+ * (ox_tx_data, sendmmsg on tx_fd) without going back to Python. Anything
+ * else (other frames, READs of unknown sleds or for another image, READs
+ * with nothing due, a failed send) is handed to the caller as before.
+ * The caller owns the protocol: it adds a session once the protocol layer
+ * has established it and drops it when the session ends, before the image
+ * memory it points to goes away.
+ */
+typedef struct ox_serve ox_serve;
+
+typedef struct {
+    uint64_t reads;       /* READs answered */
+    uint64_t offsets;     /* due offsets served */
+    uint64_t retransmits; /* of them, below the high-water mark */
+    uint64_t frames;      /* DATA frames sent */
+    uint64_t bytes;
+    uint64_t high;        /* high-water mark: end of the furthest chunk served */
+    uint64_t last_ns;     /* now_ns of the last READ answered (0: none) */
+} ox_serve_info;
+
+typedef struct {
+    uint64_t reads, offsets, retransmits, frames, bytes, syscalls, errors;
+    int32_t last_errno;
+} ox_serve_totals;
+
+ox_serve *ox_serve_new(unsigned sessions);
+void ox_serve_free(ox_serve *s);
+/* Add or replace a session (its counters start again from `high`): 0, or
+ * -1 if the table holds `sessions` already or an argument is bad. */
+int ox_serve_set(ox_serve *s, const uint8_t *sled, const uint8_t *image_mac,
+                 const uint8_t *image, uint64_t image_size, uint64_t high);
+/* 1 if it was there, 0 if not, -1 on a bad argument. */
+int ox_serve_drop(ox_serve *s, const uint8_t *sled);
+int ox_serve_get(ox_serve *s, const uint8_t *sled, ox_serve_info *info);
+void ox_serve_totals_get(ox_serve *s, ox_serve_totals *out);
+/* ox_rx_police that also answers READs of the sessions in s (NULL: none);
+ * a READ answered counts against out_n like a frame kept, so that a stream
+ * of READs cannot keep the call from returning. */
+long ox_rx_serve(int fd, ox_police *p, ox_serve *s, int tx_fd, uint64_t now_ns, uint8_t *out,
+                 size_t slot_size, uint32_t *lens, size_t out_n, size_t max_frames,
+                 ox_police_stats *stats);
 
 /* Pure validation of a received DATA frame, shared by ox_rx_data and the
  * tests: returns payload length n (>= 0) and the offset, or -1. */

@@ -47,6 +47,7 @@ from oxboot.txworkers import Job, TxPool
 from oxboot.verify import check_header, copy_data
 
 _READ_TYPE = int(MsgType.READ).to_bytes(4, "big")
+_U64_MAX = (1 << 64) - 1
 
 #: Transmit workers by default. One, sending from the receive loop itself:
 #: measured on a 2-core machine (BENCHMARKS.md), a second worker thread
@@ -57,6 +58,9 @@ DEFAULT_WORKERS = 1
 #: Seconds the server polls its socket without sleeping after a frame (the
 #: faithful client's boot: ~400 -> ~490 MB/s here, BENCHMARKS.md).
 DEFAULT_BUSY_POLL = 0.001
+#: Sessions whose READs the C core answers without Python (more are served
+#: by the Python path, as are all with --workers > 1 or --tx other than sendmmsg).
+FAST_SESSIONS = 4096
 
 RX_SLOT = 2048  # bytes per received frame kept (a READ is 1058)
 RX_KEEP = 64  # frames kept per drain: back to the socket before it overflows
@@ -223,6 +227,7 @@ class Server:
                  tx_method: str = "sendmmsg", scratch: str | None = None,
                  read_rate: float = 8_000.0, workers: int | None = None,
                  user: str | None = None, busy_poll: float = DEFAULT_BUSY_POLL,
+                 fast_path: bool = True,
                  on_ready: Callable[[Server], None] | None = None) -> None:
         self.log = log or EventLog()
         self.paths = [Path(p) for p in images]
@@ -260,6 +265,21 @@ class Server:
         self._rxview = ffi.buffer(self._rxbuf)
         self._rxlens = ffi.new(f"uint32_t[{RX_KEEP}]")
         self._pstats = ffi.new("ox_police_stats *")
+        # READs of established sessions are answered in the receive loop, in
+        # C, on the inline worker's socket (one worker, sendmmsg: the default).
+        inline = self.pool.inline
+        self._fast = ffi.NULL
+        self._fast_tx = -1
+        self._fast_macs: set[bytes] = set()
+        if len(self.pool.workers) == 1 and tx_method == "sendmmsg" and fast_path:
+            fast = lib.ox_serve_new(FAST_SESSIONS)
+            if fast == ffi.NULL:
+                raise ImageError("cannot allocate the session table")
+            self._fast = ffi.gc(fast, lib.ox_serve_free)
+            self._fast_tx = inline.link.fileno()
+        self._fast_info = ffi.new("ox_serve_info *")
+        self._fast_totals = ffi.new("ox_serve_totals *")
+        self._fast_errors = 0
         self._flagged_seen = 0
         self._flagbuf = ffi.new(f"uint8_t[{6 * MAX_BLOCKED}]")
         self.blocked: dict[bytes, float] = {}  # MAC -> when the kernel lets it in again
@@ -388,13 +408,37 @@ class Server:
 
     def _receive(self) -> list[bytes]:
         """Frames waiting on the socket that passed the C policer."""
-        n = lib.ox_rx_police(self.link.fileno(), self._police, time.monotonic_ns(),
-                             self._rxbuf, RX_SLOT, self._rxlens, RX_KEEP, RX_DRAIN,
-                             self._pstats)
+        n = lib.ox_rx_serve(self.link.fileno(), self._police, self._fast, self._fast_tx,
+                            time.monotonic_ns(), self._rxbuf, RX_SLOT, self._rxlens, RX_KEEP,
+                            RX_DRAIN, self._pstats)
         if n < 0:
             raise OSError(ffi.errno, f"{self.link.ifname}: receive failed")
         view, lens = self._rxview, self._rxlens
         return [view[i * RX_SLOT:i * RX_SLOT + lens[i]] for i in range(n)]
+
+    def _forget_sled(self, mac: bytes, keep_queue: bool = False) -> SledState | None:
+        """The sled's session is over here: no more DATA from its state."""
+        if mac in self._fast_macs:
+            self._fast_macs.discard(mac)
+            lib.ox_serve_drop(self._fast, mac)
+        if not keep_queue:
+            self.pool.forget(mac)
+        return self.sleds.pop(mac, None)
+
+    def _sync_fast(self, mac: bytes) -> int:
+        """Bring what the C core did for `mac`'s READs into the protocol's
+        session and the progress; returns the DATA frames it sent."""
+        if mac not in self._fast_macs or lib.ox_serve_get(self._fast, mac, self._fast_info) != 1:
+            return 0
+        info = self._fast_info
+        session = self.proto.sessions.get(mac)
+        if session is not None and info.last_ns:
+            session.last_seen = max(session.last_seen, info.last_ns / 1e9)
+            session.high_water = max(session.high_water, info.high)
+        sled = self.sleds.get(mac)
+        if sled is not None:
+            sled.high = max(sled.high, min(info.high, sled.image.size))
+        return int(info.frames)
 
     def _block_flagged(self, now: float) -> None:
         """Have the kernel drop the frames of the hosts the policer flagged."""
@@ -410,7 +454,7 @@ class Server:
             self.blocked[mac] = now + secs
             self.blocks += 1
             # Its queued DATA jobs go too: the flood is over for this host.
-            self.pool.forget(mac)
+            self._forget_sled(mac)
             self.log.event("blocked", f"{mac_str(mac)} floods (over {self._read_rate:g} "
                            f"frames/s): its frames are dropped for {secs:g} s",
                            mac=mac_str(mac), seconds=secs, strikes=strikes)
@@ -454,6 +498,13 @@ class Server:
                 # has been replaced since: never a mix of two versions.
                 self.pool.submit(Job(dst, src, img, offsets))
                 sled.high = max(sled.high, min(max(offsets) + CHUNK, img.size))
+                if self._fast != ffi.NULL and dst not in self._fast_macs and \
+                        src == self.macs[sled.index]:
+                    # From now on its READs are answered in C.
+                    session = self.proto.sessions.get(dst)
+                    high = min(session.high_water if session is not None else 0, _U64_MAX)
+                    if lib.ox_serve_set(self._fast, dst, src, img.ptr, img.size, high) == 0:
+                        self._fast_macs.add(dst)
                 return False
             case SendOffer(dst=dst, src=src, image=index):
                 img = self._refresh(index)
@@ -463,15 +514,13 @@ class Server:
                 self.log.event("offer", f"{mac_str(dst)} offered {img.name}",
                                mac=mac_str(dst), image=str(img.path), index=index)
                 # A HELLO starts over: the sled will boot what it was offered now.
-                self.sleds.pop(dst, None)
-                self.pool.forget(dst)
+                self._forget_sled(dst)
                 # Remember which version this OFFER carried, for the session.
                 self._offered[(dst, index)] = img
                 return True
             case SendReset(dst=dst):
                 self.link.send(action.frame().pack())
-                self.sleds.pop(dst, None)
-                self.pool.forget(dst)
+                self._forget_sled(dst)
                 self.log.event("reset", f"{mac_str(dst)} reset (no session for its READ)",
                                mac=mac_str(dst))
             case SessionStarted(mac=mac, image=index):
@@ -482,11 +531,12 @@ class Server:
                     self.log.event("start", f"{mac_str(mac)} is booting {img.name}",
                                    mac=mac_str(mac), image=str(img.path))
             case SessionFinished(mac=mac, image=index):
-                sled = self.sleds.pop(mac, None)
+                fast_frames = self._sync_fast(mac)
+                sled = self._forget_sled(mac, keep_queue=True)
                 self.finished += 1
                 if sled is not None:
                     secs = max(now - sled.started, 1e-6)
-                    sled.frames = self.pool.frames_for(mac)
+                    sled.frames = self.pool.frames_for(mac) + fast_frames
                     self.log.event(
                         "finished",
                         f"{mac_str(mac)} finished {sled.image.name}: {human(sled.image.size)} "
@@ -508,12 +558,25 @@ class Server:
         self._rx_packets += packets
         self._rx_drops += drops
         counters = dict(self.proto.counters)
+        lib.ox_serve_totals_get(self._fast, self._fast_totals)
+        fast = self._fast_totals
+        # READs answered in C count as the protocol layer would have.
+        for key, value in (("frames", fast.reads), ("reads", fast.reads),
+                           ("offsets", fast.offsets), ("retransmits", fast.retransmits)):
+            counters[key] = counters.get(key, 0) + int(value)
+        tx = self.pool.totals()
+        tx["tx_frames"] += int(fast.frames)
+        tx["tx_bytes"] += int(fast.bytes)
+        tx["tx_syscalls"] += int(fast.syscalls)
+        tx["tx_jobs"] += int(fast.reads)
+        tx["tx_errors"] += int(fast.errors)
         p = self._pstats
         return {**counters, "sessions_created": counters.get("sessions", 0),
                 "rx_packets": self._rx_packets, "rx_drops": self._rx_drops,
                 "rx_policed": p.policed, "rx_foreign": p.foreign, "rx_accepted": p.accepted,
                 "sources_blocked": self.blocks, "blocked_now": len(self.blocked),
-                **self.pool.totals(), "workers": len(self.pool.workers), "cpu_user": t.user,
+                "rx_served_in_c": p.served, **tx, "workers": len(self.pool.workers),
+                "cpu_user": t.user,
                 "cpu_system": t.system,
                 # Live values last: the protocol's counters of the same names
                 # count events, these are states.
@@ -527,6 +590,14 @@ class Server:
             self.errors += 1
             if self.once:
                 raise ImageError(f"transmit failed: {message}")
+        for mac in list(self._fast_macs):
+            self._sync_fast(mac)
+        lib.ox_serve_totals_get(self._fast, self._fast_totals)
+        if self._fast_totals.errors > self._fast_errors:
+            self._fast_errors = self._fast_totals.errors
+            message = os.strerror(self._fast_totals.last_errno)
+            self.log.event("error", f"transmit failed: {message}", message=message)
+            self.errors += 1
         self.proto.expire(now)
         if any(until <= now for until in self.blocked.values()):
             self._apply_blocklist(now)
@@ -535,7 +606,7 @@ class Server:
         rows = []
         for mac, sled in list(self.sleds.items()):
             if mac not in self.proto.sessions:
-                del self.sleds[mac]
+                self._forget_sled(mac)
                 continue
             secs = max(now - sled.started, 1e-6)
             done = sled.high

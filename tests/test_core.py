@@ -781,3 +781,180 @@ def test_police_flagged_list_is_bounded_and_kept_until_taken() -> None:
     finally:
         a.close()
         b.close()
+
+
+# ---- READs of established sessions answered in C (ox_rx_serve) -----------------------
+
+
+IMAGE_MAC = bytes.fromhex("02aabbcc0001")
+OTHER_IMAGE_MAC = bytes.fromhex("06aabbcc0001")
+
+
+def _read_frame(src: bytes, dst: bytes, slots: dict[int, int], noffsets: int | None = None,
+                pad: int = 0) -> bytes:
+    row = [0] * 128
+    for i, off in slots.items():
+        row[i] = off
+    payload = struct.pack("!Q128Q", len(slots) if noffsets is None else noffsets, *row)
+    return (dst + src + struct.pack("!HIII", ETHERTYPE, MAGIC, 0x9003, len(payload)) + payload
+            + bytes(pad))
+
+
+class Served:
+    """A session table, the server's receive socket pair and a transmit
+    socket pair whose far end shows the DATA sent."""
+
+    def __init__(self, image: bytes, sessions: int = 8) -> None:
+        self.table = ffi.gc(lib.ox_serve_new(sessions), lib.ox_serve_free)
+        self.police = ffi.gc(lib.ox_police_new(1e6, 1e6, 64), lib.ox_police_free)
+        self.stats = ffi.new("ox_police_stats *")
+        self.rx_in, self.rx = _unix_pair()
+        self.tx, self.tx_out = _unix_pair()
+        self.image = CBuf(len(image), image)
+
+    def add(self, sled: bytes, image_mac: bytes = IMAGE_MAC, high: int = 0) -> int:
+        return lib.ox_serve_set(self.table, sled, image_mac, self.image.ptr, self.image.size,
+                                high)
+
+    def run(self, frames: list[bytes], out_n: int = 64) -> tuple[list[bytes], list[bytes]]:
+        """(frames handed back, DATA frames sent)."""
+        for f in frames:
+            self.rx_in.send(f)
+        out = ffi.new("uint8_t[]", out_n * 2048)
+        lens = ffi.new("uint32_t[]", out_n)
+        n = lib.ox_rx_serve(self.rx.fileno(), self.police, self.table, self.tx.fileno(),
+                            123_000_000_000, out, 2048, lens, out_n, 1 << 20, self.stats)
+        assert n >= 0
+        kept = [ffi.buffer(out + i * 2048, lens[i])[:] for i in range(n)]
+        return kept, _drain(self.tx_out)
+
+    def info(self, sled: bytes) -> object:
+        info = ffi.new("ox_serve_info *")
+        assert lib.ox_serve_get(self.table, sled, info) == 1
+        return info
+
+    def close(self) -> None:
+        for s in (self.rx_in, self.rx, self.tx, self.tx_out):
+            s.close()
+        self.image.free()
+
+
+@pytest.fixture
+def served():  # noqa: ANN201
+    image = image_bytes(10 * 1024 + 7)
+    s = Served(image)
+    yield s, image
+    s.close()
+
+
+def test_serve_answers_reads_of_its_sessions(served) -> None:  # noqa: ANN001
+    s, image = served
+    sled = bytes.fromhex("020000000001")
+    assert s.add(sled) == 0
+    # Slots out of order, a duplicate, the short tail (7 bytes: padded to 26)
+    # and an offset past the end (zero-length DATA).
+    slots = {0: 2048, 5: 0, 9: 2048, 11: 10 * 1024, 127: 1 << 40}
+    kept, sent = s.run([_read_frame(sled, IMAGE_MAC, slots)])
+    assert kept == []
+    want = [expected_frame(image, off, dst=sled, src=IMAGE_MAC) for off in
+            (0, 2048, 10 * 1024, 1 << 40)]
+    assert sorted(sent, key=lambda f: f[26:34]) == want  # each once, in any order
+    info = s.info(sled)
+    assert (info.reads, info.offsets, info.frames) == (1, 4, 4)
+    assert info.high == (1 << 40) + 1024 and info.last_ns == 123_000_000_000
+    assert info.retransmits == 0
+    # Asking again for what was served: counted as retransmissions.
+    kept, sent = s.run([_read_frame(sled, IMAGE_MAC, {3: 0, 4: 1024})])
+    assert kept == [] and len(sent) == 2
+    assert s.info(sled).retransmits == 2
+    assert s.stats.served == 2
+
+
+def test_serve_hands_back_what_is_not_its_own(served) -> None:  # noqa: ANN001
+    s, image = served
+    sled, stranger = bytes.fromhex("020000000001"), bytes.fromhex("020000000002")
+    assert s.add(sled) == 0
+    frames = [
+        _read_frame(stranger, IMAGE_MAC, {0: 0}),            # no session
+        _read_frame(sled, OTHER_IMAGE_MAC, {0: 0}),          # another image
+        _read_frame(sled, IMAGE_MAC, {}),                    # nothing due
+        _read_frame(sled, IMAGE_MAC, {0: 0}, noffsets=129),  # malformed
+        _read_frame(sled, IMAGE_MAC, {0: 0})[:-1],           # short
+        _proto_frame(sled),                                  # not a READ
+    ]
+    kept, sent = s.run(frames)
+    assert kept == frames and sent == []
+    assert s.stats.served == 0 and s.info(sled).reads == 0
+
+
+def test_serve_table_set_drop_and_capacity() -> None:
+    s = Served(image_bytes(4096), sessions=3)
+    try:
+        sleds = _macs(4, 77)
+        for m in sleds[:3]:
+            assert s.add(m) == 0
+        assert s.add(sleds[3]) == -1  # full
+        assert s.add(sleds[0], high=5) == 0  # replacing is not adding
+        assert s.info(sleds[0]).high == 5
+        assert lib.ox_serve_drop(s.table, sleds[1]) == 1
+        assert lib.ox_serve_drop(s.table, sleds[1]) == 0
+        assert s.add(sleds[3]) == 0  # room again
+        for m in (sleds[0], sleds[2], sleds[3]):
+            assert lib.ox_serve_get(s.table, m, ffi.new("ox_serve_info *")) == 1
+        assert lib.ox_serve_get(s.table, sleds[1], ffi.new("ox_serve_info *")) == 0
+        # A dropped sled's READs go back to the caller.
+        kept, sent = s.run([_read_frame(sleds[1], IMAGE_MAC, {0: 0})])
+        assert len(kept) == 1 and sent == []
+    finally:
+        s.close()
+
+
+def test_serve_table_churn_keeps_every_entry_reachable() -> None:
+    table = ffi.gc(lib.ox_serve_new(64), lib.ox_serve_free)
+    rng = random.Random(3)
+    live: set[bytes] = set()
+    pool = _macs(200, 8)
+    info = ffi.new("ox_serve_info *")
+    for _ in range(5000):
+        m = rng.choice(pool)
+        if m in live and rng.random() < 0.5:
+            assert lib.ox_serve_drop(table, m) == 1
+            live.discard(m)
+        elif len(live) < 64 or m in live:
+            assert lib.ox_serve_set(table, m, IMAGE_MAC, ffi.NULL, 0, 0) == 0
+            live.add(m)
+        else:
+            assert lib.ox_serve_set(table, m, IMAGE_MAC, ffi.NULL, 0, 0) == -1
+        for x in pool[:40]:
+            assert lib.ox_serve_get(table, x, info) == (1 if x in live else 0)
+
+
+def test_serve_returns_after_out_n_reads() -> None:
+    s = Served(image_bytes(64 * 1024))
+    try:
+        sled = bytes.fromhex("020000000001")
+        assert s.add(sled) == 0
+        frames = [_read_frame(sled, IMAGE_MAC, {0: 1024 * i}) for i in range(10)]
+        kept, sent = s.run(frames, out_n=4)
+        assert kept == [] and len(sent) == 4  # the rest waits on the socket
+        kept, sent = s.run([], out_n=64)
+        assert len(sent) == 6
+    finally:
+        s.close()
+
+
+def test_serve_bad_arguments() -> None:
+    assert lib.ox_serve_new(0) == ffi.NULL
+    t = ffi.gc(lib.ox_serve_new(4), lib.ox_serve_free)
+    assert lib.ox_serve_set(t, ffi.NULL, IMAGE_MAC, ffi.NULL, 0, 0) == -1
+    assert lib.ox_serve_set(t, SRC, ffi.NULL, ffi.NULL, 0, 0) == -1
+    assert lib.ox_serve_set(t, SRC, IMAGE_MAC, ffi.NULL, 10, 0) == -1
+    assert lib.ox_serve_set(ffi.NULL, SRC, IMAGE_MAC, ffi.NULL, 0, 0) == -1
+    assert lib.ox_serve_drop(ffi.NULL, SRC) == -1
+    assert lib.ox_serve_get(t, SRC, ffi.NULL) == -1
+    p = ffi.gc(lib.ox_police_new(1.0, 1.0, 4), lib.ox_police_free)
+    out = ffi.new("uint8_t[]", 2048)
+    lens = ffi.new("uint32_t[]", 1)
+    stats = ffi.new("ox_police_stats *")
+    assert lib.ox_rx_serve(0, p, t, -1, 0, out, 2048, lens, 1, 1, stats) == -1  # no tx fd
+    lib.ox_serve_totals_get(ffi.NULL, ffi.new("ox_serve_totals *"))  # a no-op

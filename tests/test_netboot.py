@@ -103,18 +103,28 @@ def wait_listening(log: Path) -> None:
              "the boot server to start")
 
 
-def test_single_sled_boot(lab: Lab, images: dict, tmp_path: Path) -> None:
+@pytest.mark.parametrize("extra", [[], ["--workers", "2"], ["--tx", "ring"], ["--tx", "send"],
+                                   ["--busy-poll", "0"]], ids=" ".join)
+def test_single_sled_boot(lab: Lab, images: dict, tmp_path: Path, extra: list[str]) -> None:
     srv, sled = lab.pair()
     img, raw = images["plain"]
     log = tmp_path / "server.log"
-    server = bootserver(lab, srv, ["-s", "--json", srv.ifname, str(img), "any"], log)
+    server = bootserver(lab, srv, ["-s", "--json", *extra, srv.ifname, str(img), "any"], log)
     wait_listening(log)
     status, result, saved = netboot(sled, img, tmp_path)
     assert status == 0 and result["verified"], result
     assert saved.read_bytes() == raw
     assert server.wait(10) == 0  # -s: exit 0 after the first FINISHED
-    kinds = [e["event"] for e in events(log)]
-    assert {"offer", "start", "finished"} <= set(kinds)
+    evs = events(log)
+    assert {"offer", "start", "finished"} <= {e["event"] for e in evs}
+    final = [e for e in evs if e["event"] == "stats"][-1]
+    # One worker with sendmmsg (the default): after a session's first READ,
+    # its READs are answered in the C core; otherwise all go through Python.
+    fast = not extra or extra[0] == "--busy-poll"
+    assert (final["rx_served_in_c"] > 0) == fast, final
+    finished = [e for e in evs if e["event"] == "finished"][-1]
+    assert finished["frames"] == final["tx_frames"] >= len(raw) // 1024, (finished, final)
+    assert final["reads"] == final["tx_jobs"] + final["tx_dropped_jobs"], final
 
 
 @pytest.mark.parametrize("codec", ["zlib", "zstd"])
