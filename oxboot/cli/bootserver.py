@@ -39,7 +39,7 @@ def build_parser(prog: str = "bootserver") -> Parser:
     p.add_argument("--busy-poll", type=_non_negative, default=DEFAULT_BUSY_POLL * 1e6,
                    metavar="USEC",
                    help="poll the socket this long without sleeping after each frame while "
-                   "sleds are active, for lower latency (default %(default)g; 0: never)")
+                   "one sled boots, for lower latency (default %(default)g; 0: never)")
     p.add_argument("--scratch", metavar="DIR",
                    help="where each image's private, verified copy is kept while it is "
                    "served, inflated if compressed (default: $OXBOOT_SCRATCH or /var/tmp)")
