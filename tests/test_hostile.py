@@ -217,6 +217,12 @@ def test_read_flood_is_limited_and_survived(flood_run: dict) -> None:
 
 
 def test_read_flood_sled_within_twice_undisturbed_time(flood_run: dict) -> None:
+    if os.environ.get("OXBOOT_SANITIZED") == "1":
+        # A timing target: under AddressSanitizer the server drains a flood
+        # several times slower and a sled's first HELLO can be lost (a 4 s
+        # retry). The plain run checks it; this run still checks the boots.
+        assert all(r["ok"] for r in flood_run["flooded"]), flood_run["flooded"]
+        pytest.skip("timing under AddressSanitizer is not representative")
     for result in flood_run["flooded"]:
         assert result["ok"], result
         took = result["total_seconds"]
