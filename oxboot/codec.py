@@ -319,11 +319,11 @@ def decode(codec: Codec, f: BinaryIO, data_size: int, image_size: int,
             yield chunk
 
 
-#: Sync-flush marker: the LEN/NLEN of an empty stored block. A deflate stream
-#: can be cut just after one and the next block starts on a byte boundary.
-SYNC_MARKER = b"\x00\x00\xff\xff"
-#: Compressed bytes a piece holds at least (shorter runs are merged) and at
-#: most (a stream without markers, e.g. the original mkimage's, is streamed).
+#: Pieces are cut after sync-flush markers (00 00 ff ff, the LEN/NLEN of an
+#: empty stored block: the next block starts on a byte boundary), which the
+#: C core finds (ox_find_sync). A piece holds at least PIECE_MIN compressed
+#: bytes (shorter runs are merged) and at most PIECE_MAX (a stream without
+#: markers, e.g. the original mkimage's, is streamed).
 PIECE_MIN = 4 << 10
 PIECE_MAX = 8 << 20
 #: Output room per piece: oxboot's own pieces hold 4 MiB (BLOCK); one that
@@ -331,7 +331,7 @@ PIECE_MAX = 8 << 20
 PIECE_OUT = 16 << 20
 #: Markers a piece may run past (each a failed attempt) before streaming.
 PIECE_RETRIES = 4
-_DICT = 32 << 10
+_DICT: int = lib.OX_INFLATE_MAX_DICT  # deflate's window: the dictionary a piece gets
 
 
 def _inflate_pieces(src: _Limited, image_size: int, step: int,
