@@ -79,6 +79,8 @@ typedef struct {
     uint64_t policed;
     uint64_t flagged;
     uint64_t served;
+    uint64_t sock_packets;
+    uint64_t sock_drops;
 } ox_police_stats;
 ox_police *ox_police_new(double rate, double burst, unsigned sources);
 void ox_police_free(ox_police *p);

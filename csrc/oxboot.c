@@ -440,6 +440,8 @@ struct police_entry {
     uint64_t window;   /* ns when the current one-second count of denials began */
     uint64_t denied;   /* frames denied in that window */
     uint64_t flagged;  /* ns when last flagged (0: never) */
+    uint64_t call;     /* the ox_rx_serve call `in_call` counts for */
+    uint64_t in_call;  /* frames of ours from this source in that call */
 };
 
 struct ox_police {
@@ -451,6 +453,7 @@ struct ox_police {
     uint8_t flagged[OX_MAX_BLOCKED][6];
     size_t nflagged;
     uint64_t flagged_total;
+    uint64_t calls;
 };
 
 #define NS_PER_S 1000000000ull
@@ -496,6 +499,16 @@ static size_t mac_hash(const uint8_t *mac)
     return (size_t)(h ^ (h >> 29));
 }
 
+static void police_flag(ox_police *p, struct police_entry *e, uint64_t now)
+{
+    if (e->flagged != 0 && now - e->flagged < NS_PER_S)
+        return; /* once a second at most */
+    e->flagged = now ? now : 1;
+    p->flagged_total++;
+    if (p->nflagged < OX_MAX_BLOCKED)
+        memcpy(p->flagged[p->nflagged++], e->mac, 6);
+}
+
 /* Count a denied frame; flag the source once it keeps sending regardless. */
 static void police_deny(ox_police *p, struct police_entry *e, uint64_t now)
 {
@@ -504,12 +517,8 @@ static void police_deny(ox_police *p, struct police_entry *e, uint64_t now)
         e->denied = 0;
     }
     e->denied++;
-    if (e->denied < p->strike || (e->flagged != 0 && now - e->flagged < NS_PER_S))
-        return;
-    e->flagged = now ? now : 1;
-    p->flagged_total++;
-    if (p->nflagged < OX_MAX_BLOCKED)
-        memcpy(p->flagged[p->nflagged++], e->mac, 6);
+    if (e->denied >= p->strike)
+        police_flag(p, e, now);
 }
 
 size_t ox_police_flagged(ox_police *p, uint8_t *macs, size_t max)
@@ -568,14 +577,22 @@ int ox_set_blocklist(int fd, const uint8_t *macs, size_t n)
     return setsockopt(fd, SOL_SOCKET, SO_ATTACH_FILTER, &fprog, sizeof(fprog));
 }
 
-/* Take a token for `mac`; 1 if it had one. */
-static int police_take(ox_police *p, const uint8_t *mac, uint64_t now)
+/* Take a token from mac's bucket (1) or count a denial (0); *seen is the
+ * source's entry, with its frames in the current ox_rx_serve call counted. */
+static int police_take(ox_police *p, const uint8_t *mac, uint64_t now,
+                       struct police_entry **seen)
 {
     size_t i = mac_hash(mac) & p->mask;
     struct police_entry *victim = NULL;
     for (int k = 0; k < POLICE_PROBE; k++) {
         struct police_entry *e = &p->table[(i + (size_t)k) & p->mask];
         if (e->used && memcmp(e->mac, mac, 6) == 0) {
+            if (e->call != p->calls) {
+                e->call = p->calls;
+                e->in_call = 0;
+            }
+            e->in_call++;
+            *seen = e;
             if (now > e->stamp) {
                 e->tokens += (double)(now - e->stamp) * p->rate;
                 if (e->tokens > p->burst)
@@ -603,7 +620,35 @@ static int police_take(ox_police *p, const uint8_t *mac, uint64_t now)
     victim->tokens = p->burst - 1.0;
     victim->stamp = now;
     victim->window = now;
+    victim->call = p->calls;
+    victim->in_call = 1;
+    *seen = victim;
     return 1;
+}
+
+/*
+ * The socket overflowed (the kernel dropped frames) while this call still
+ * left frames queued: the server is not keeping up. If one source sent
+ * most of what this call read, it is the cause: a flood this server cannot
+ * even drain fast enough to see its rate exceeded (each READ it admits
+ * costs 128 DATA frames). No OS client can do that: it sends one READ and
+ * waits for its DATA.
+ */
+#define BACKLOG_MIN_FRAMES 32
+
+static void police_backlog(int fd, ox_police *p, struct police_entry *top, uint64_t ours,
+                           uint64_t now, ox_police_stats *stats)
+{
+    struct tpacket_stats st;
+    socklen_t len = sizeof(st);
+    if (getsockopt(fd, SOL_PACKET, PACKET_STATISTICS, &st, &len) != 0)
+        return;
+    stats->sock_packets += st.tp_packets;
+    stats->sock_drops += st.tp_drops;
+    if (st.tp_drops == 0 || top == NULL || ours < BACKLOG_MIN_FRAMES || top->call != p->calls ||
+        top->in_call * 2 <= ours)
+        return;
+    police_flag(p, top, now);
 }
 
 /* ---- Server: READs of established sessions answered in C -------------- */
@@ -787,10 +832,14 @@ long ox_rx_serve(int fd, ox_police *p, ox_serve *s, int tx_fd, uint64_t now_ns, 
     struct iovec iov[RX_BATCH];
     struct mmsghdr msg[RX_BATCH];
     size_t kept = 0, served = 0, total = 0;
+    uint64_t ours = 0;
+    struct police_entry *top = NULL, *e = NULL;
+    int backlog = 1; /* until the socket is found empty */
 
     if (p == NULL || out == NULL || lens == NULL || stats == NULL || slot_size == 0 ||
         (s != NULL && tx_fd < 0))
         return -1;
+    p->calls++;
     /* A READ answered here counts against out_n like a frame kept: under a
      * stream of READs the caller still gets its turn (timers, other frames). */
     while (kept + served < out_n && total < max_frames) {
@@ -806,12 +855,16 @@ long ox_rx_serve(int fd, ox_police *p, ox_serve *s, int tx_fd, uint64_t now_ns, 
         if (r < 0) {
             if (errno == EINTR)
                 continue;
-            if (errno == EAGAIN)
+            if (errno == EAGAIN) {
+                backlog = 0;
                 break;
+            }
             return -1;
         }
-        if (r == 0)
+        if (r == 0) {
+            backlog = 0;
             break;
+        }
         for (int i = 0; i < r; i++) {
             const uint8_t *f = buf[i];
             size_t flen = msg[i].msg_len;
@@ -824,7 +877,11 @@ long ox_rx_serve(int fd, ox_police *p, ox_serve *s, int tx_fd, uint64_t now_ns, 
                 stats->foreign++;
                 continue;
             }
-            if (!police_take(p, f + 6, now_ns)) {
+            ours++;
+            int allowed = police_take(p, f + 6, now_ns, &e);
+            if (top == NULL || e->in_call > top->in_call)
+                top = e;
+            if (!allowed) {
                 stats->policed++;
                 continue;
             }
@@ -838,9 +895,13 @@ long ox_rx_serve(int fd, ox_police *p, ox_serve *s, int tx_fd, uint64_t now_ns, 
             kept++;
             stats->accepted++;
         }
-        if ((size_t)r < want)
+        if ((size_t)r < want) {
+            backlog = 0;
             break;
+        }
     }
+    if (backlog)
+        police_backlog(fd, p, top, ours, now_ns, stats);
     stats->flagged = p->flagged_total;
     return (long)kept;
 }

@@ -184,6 +184,8 @@ typedef struct {
     uint64_t policed;    /* dropped: their source was over its rate */
     uint64_t flagged;    /* sources found flooding (see ox_police_flagged) */
     uint64_t served;     /* READs answered in C (ox_rx_serve) */
+    uint64_t sock_packets; /* PACKET_STATISTICS read here (it resets on read): */
+    uint64_t sock_drops;   /* add these to the caller's own readings */
 } ox_police_stats;
 
 /*
@@ -198,7 +200,11 @@ void ox_police_free(ox_police *p);
  * A source that goes on sending after its bucket is empty (more than
  * 2 * burst frames over its rate within one second: no OS client does that,
  * it sends one READ per 128 KiB batch) is flagged, once per second at
- * most. ox_police_flagged moves up to `max` flagged MACs (6 bytes each)
+ * most. So is a source that sent most of what ox_rx_serve read while the
+ * socket overflowed and the call left frames queued: a flood the server
+ * cannot drain fast enough to see it exceed its rate (the PACKET_STATISTICS
+ * read then is added to the stats' sock_* counters).
+ * ox_police_flagged moves up to `max` flagged MACs (6 bytes each)
  * into macs and returns how many; the caller decides what to do (the
  * server has the kernel drop their frames, ox_set_blocklist).
  */

@@ -558,8 +558,9 @@ class Server:
         """Counters for monitoring and benchmarks (JSON-ready)."""
         t = os.times()
         packets, drops = self.link.rx_stats()
-        self._rx_packets += packets
-        self._rx_drops += drops
+        self._rx_packets += packets + self._pstats.sock_packets
+        self._rx_drops += drops + self._pstats.sock_drops
+        self._pstats.sock_packets = self._pstats.sock_drops = 0
         counters = dict(self.proto.counters)
         lib.ox_serve_totals_get(self._fast, self._fast_totals)
         fast = self._fast_totals
