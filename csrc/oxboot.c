@@ -454,6 +454,7 @@ struct ox_police {
     size_t nflagged;
     uint64_t flagged_total;
     uint64_t calls;
+    int backlog_rule;
 };
 
 #define NS_PER_S 1000000000ull
@@ -479,6 +480,7 @@ ox_police *ox_police_new(double rate, double burst, unsigned sources)
     p->rate = rate / 1e9;
     p->burst = burst;
     p->strike = (uint64_t)(2.0 * burst);
+    p->backlog_rule = 1;
     p->mask = n - 1;
     return p;
 }
@@ -519,6 +521,12 @@ static void police_deny(ox_police *p, struct police_entry *e, uint64_t now)
     e->denied++;
     if (e->denied >= p->strike)
         police_flag(p, e, now);
+}
+
+void ox_police_backlog_rule(ox_police *p, int on)
+{
+    if (p != NULL)
+        p->backlog_rule = on != 0;
 }
 
 size_t ox_police_flagged(ox_police *p, uint8_t *macs, size_t max)
@@ -575,6 +583,54 @@ int ox_set_blocklist(int fd, const uint8_t *macs, size_t n)
     fprog.len = (unsigned short)k;
     fprog.filter = prog;
     return setsockopt(fd, SOL_SOCKET, SO_ATTACH_FILTER, &fprog, sizeof(fprog));
+}
+
+#ifndef PACKET_FANOUT_CBPF
+#define PACKET_FANOUT_CBPF 6
+#endif
+#ifndef PACKET_FANOUT_DATA
+#define PACKET_FANOUT_DATA 22
+#endif
+#ifndef PACKET_FANOUT_FLAG_UNIQUEID
+#define PACKET_FANOUT_FLAG_UNIQUEID 0x2000
+#endif
+
+int ox_fanout_by_source(int fd, int group)
+{
+    /* The kernel takes the program's return value modulo the group's size:
+     * return source MAC bytes 2..5 (ox_fanout_index computes the same). The
+     * skb starts at the network header here, hence SKF_LL_OFF. */
+    struct sock_filter prog[] = {
+        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, (uint32_t)(SKF_LL_OFF + 8)),
+        BPF_STMT(BPF_RET | BPF_A, 0),
+    };
+    struct sock_fprog fprog = {.len = 2, .filter = prog};
+    uint32_t arg;
+    int id;
+    socklen_t len = sizeof(arg);
+
+    if (fd < 0 || group > 0xffff) {
+        errno = EINVAL;
+        return -1;
+    }
+    if (group >= 0) {
+        arg = (uint32_t)group | ((uint32_t)PACKET_FANOUT_CBPF << 16);
+        return setsockopt(fd, SOL_PACKET, PACKET_FANOUT, &arg, sizeof(arg)) == 0 ? group : -1;
+    }
+    arg = ((uint32_t)(PACKET_FANOUT_CBPF | PACKET_FANOUT_FLAG_UNIQUEID)) << 16;
+    if (setsockopt(fd, SOL_PACKET, PACKET_FANOUT, &arg, sizeof(arg)) != 0)
+        return -1;
+    if (getsockopt(fd, SOL_PACKET, PACKET_FANOUT, &arg, &len) != 0)
+        return -1;
+    id = (int)(arg & 0xffff);
+    if (setsockopt(fd, SOL_PACKET, PACKET_FANOUT_DATA, &fprog, sizeof(fprog)) != 0)
+        return -1;
+    return id;
+}
+
+unsigned ox_fanout_index(const uint8_t *mac, unsigned members)
+{
+    return members == 0 ? 0 : get_be32(mac + 2) % members;
 }
 
 /* Take a token from mac's bucket (1) or count a denial (0); *seen is the
@@ -645,7 +701,7 @@ static void police_backlog(int fd, ox_police *p, struct police_entry *top, uint6
         return;
     stats->sock_packets += st.tp_packets;
     stats->sock_drops += st.tp_drops;
-    if (st.tp_drops == 0 || top == NULL || ours < BACKLOG_MIN_FRAMES || top->call != p->calls ||
+    if (!p->backlog_rule || st.tp_drops == 0 || top == NULL || ours < BACKLOG_MIN_FRAMES || top->call != p->calls ||
         top->in_call * 2 <= ours)
         return;
     police_flag(p, top, now);

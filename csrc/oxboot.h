@@ -209,6 +209,8 @@ void ox_police_free(ox_police *p);
  * server has the kernel drop their frames, ox_set_blocklist).
  */
 size_t ox_police_flagged(ox_police *p, uint8_t *macs, size_t max);
+/* The overflow rule above is on by default; off, only the rate flags. */
+void ox_police_backlog_rule(ox_police *p, int on);
 
 /*
  * Attach a classic BPF filter to the packet socket fd that drops every
@@ -218,6 +220,17 @@ size_t ox_police_flagged(ox_police *p, uint8_t *macs, size_t max);
  */
 #define OX_MAX_BLOCKED 32
 int ox_set_blocklist(int fd, const uint8_t *macs, size_t n);
+
+/*
+ * Spread received frames over the sockets of a PACKET_FANOUT group by
+ * source MAC, so that a sled's frames always reach the same socket (and so
+ * the same worker, its session table and its policer). group < 0 creates a
+ * group with a kernel-chosen id and this socket as its first member;
+ * otherwise the socket joins group `group`. Returns the group's id, or -1
+ * (errno set). ox_fanout_index is the member a MAC's frames go to.
+ */
+int ox_fanout_by_source(int fd, int group);
+unsigned ox_fanout_index(const uint8_t *mac, unsigned members);
 
 /*
  * Drain the non-blocking raw socket fd (at most max_frames frames), in C,

@@ -170,6 +170,17 @@ class RawLink:
             raise OSError(code, f"{self.ifname}: cannot set the socket filter: "
                           f"{os.strerror(code)}")
 
+    def join_fanout(self, group: int | None) -> int:
+        """Share this socket's frames with the other members of a fanout
+        group, split by source MAC (``lib.ox_fanout_index``): None creates
+        the group (this socket first); returns its id."""
+        got = lib.ox_fanout_by_source(self.sock.fileno(), -1 if group is None else group)
+        if got < 0:
+            code = ffi.errno
+            raise LinkError(code, f"{self.ifname}: cannot join a fanout group: "
+                            f"{os.strerror(code)}")
+        return got
+
     def rx_stats(self) -> tuple[int, int]:
         """(frames received, frames the kernel dropped for a full queue) since
         the last call (PACKET_STATISTICS resets on read)."""

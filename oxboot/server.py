@@ -17,6 +17,7 @@ import os
 import select
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -43,6 +44,7 @@ from oxboot.protocol import (
     SessionStarted,
     encode_dataset,
 )
+from oxboot.receiver import READ_BURST, Receiver
 from oxboot.txworkers import Job, TxPool
 from oxboot.verify import check_header, copy_data
 
@@ -58,18 +60,15 @@ DEFAULT_WORKERS = 1
 #: Seconds the server polls its socket without sleeping after a frame (the
 #: faithful client's boot: ~400 -> ~490 MB/s here, BENCHMARKS.md).
 DEFAULT_BUSY_POLL = 0.001
-#: Sessions whose READs the C core answers without Python (more are served
-#: by the Python path, as are all with --workers > 1 or --tx other than sendmmsg).
-FAST_SESSIONS = 4096
 
-RX_SLOT = 2048  # bytes per received frame kept (a READ is 1058)
-RX_KEEP = 64  # frames kept per drain: back to the socket before it overflows
-RX_DRAIN = 1 << 20  # frames read per drain at most: in effect, until the socket is empty
 # A host the policer flags as flooding has its frames dropped by the kernel
 # for BLOCK_SECONDS, doubled for each repeat up to BLOCK_MAX_SECONDS: it then
 # costs the server nothing, while an OS client (one READ per 128 KiB batch)
 # is never flagged. Short enough that a spoofed MAC is not shut out for long.
 BLOCK_SECONDS = 2.0
+#: How often receive threads other than the main loop copy their C counters
+#: for the stats (which the main loop reports each second).
+SNAPSHOT_SECONDS = 0.1
 BLOCK_MAX_SECONDS = 64.0
 STRIKES_KEPT = 4096  # offenders remembered for the doubling
 
@@ -244,44 +243,49 @@ class Server:
         self.macs = [image_mac(self.link.mac, i) for i in range(len(self.paths))]
         for mac in self.macs[1:]:
             self.link.add_unicast(mac)
-        self.pool = TxPool(link, workers or DEFAULT_WORKERS, tx_method)
+        n_workers = workers or DEFAULT_WORKERS
+        # READs of established sessions are answered in C by the receive
+        # loops (sendmmsg, the default): with N workers, N receive sockets in
+        # a fanout group split by source MAC, each drained by its own thread
+        # that sends on its own socket. Otherwise one receive loop and N
+        # transmit threads fed by Python.
+        fast = tx_method == "sendmmsg" and fast_path
+        self.pool = TxPool(link, n_workers, tx_method, threaded=not fast)
+        self._read_rate = read_rate
+        self.receivers: list[Receiver] = []
+        try:
+            self.receivers.append(Receiver(self.link, self.pool.inline, read_rate, fast))
+            if fast and n_workers > 1:
+                group = self.link.join_fanout(None)
+                for w in self.pool.workers[1:]:
+                    rx = RawLink(link)
+                    self.receivers.append(Receiver(rx, w, read_rate, fast))
+                    rx.join_fanout(group)
+        except BaseException:
+            for r in self.receivers[1:]:
+                r.link.close()
+            self.pool.stop()
+            self.link.close()
+            raise
         if user is not None:
             drop_privileges(user)
         # Two lines of defence against a flooding host: its frames are
         # policed per source in C as they are drained from the socket (so
         # the queue never overflows and costs others their frames), and the
         # protocol layer meters READs and HELLOs per source again.
-        self.proto = BootServer([img.offer for img in self.images if img], self.macs,
-                                None if allow is None else list(allow),
-                                read_rate=read_rate * 1.25, read_burst=512)
         # 8000 frames/s per host: an OS client sends one READ per 128 KiB
         # batch, so this is ~1 GB/s per sled before a single frame is policed.
-        self._read_rate = read_rate
-        police = lib.ox_police_new(read_rate, 512.0, 4096)
-        if police == ffi.NULL:
-            raise ImageError("cannot allocate the receive policer")
-        self._police = ffi.gc(police, lib.ox_police_free)
-        self._rxbuf = ffi.new(f"uint8_t[{RX_KEEP * RX_SLOT}]")
-        self._rxview = ffi.buffer(self._rxbuf)
-        self._rxlens = ffi.new(f"uint32_t[{RX_KEEP}]")
-        self._pstats = ffi.new("ox_police_stats *")
-        # READs of established sessions are answered in the receive loop, in
-        # C, on the inline worker's socket (one worker, sendmmsg: the default).
-        inline = self.pool.inline
-        self._fast = ffi.NULL
-        self._fast_tx = -1
-        self._fast_macs: set[bytes] = set()
-        if len(self.pool.workers) == 1 and tx_method == "sendmmsg" and fast_path:
-            fast = lib.ox_serve_new(FAST_SESSIONS)
-            if fast == ffi.NULL:
-                raise ImageError("cannot allocate the session table")
-            self._fast = ffi.gc(fast, lib.ox_serve_free)
-            self._fast_tx = inline.link.fileno()
-        self._fast_info = ffi.new("ox_serve_info *")
-        self._fast_totals = ffi.new("ox_serve_totals *")
+        self.proto = BootServer([img.offer for img in self.images if img], self.macs,
+                                None if allow is None else list(allow),
+                                read_rate=read_rate * 1.25, read_burst=READ_BURST)
+        # The protocol state and the I/O layer's bookkeeping are shared by
+        # the receive threads: whoever handles a frame or a tick holds this.
+        self._lock = threading.RLock()
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._failure: BaseException | None = None
+        self._threads: list[threading.Thread] = []
+        self._got_hello = False
         self._fast_errors = 0
-        self._flagged_seen = 0
-        self._flagbuf = ffi.new(f"uint8_t[{6 * MAX_BLOCKED}]")
         self.blocked: dict[bytes, float] = {}  # MAC -> when the kernel lets it in again
         self._strikes: dict[bytes, int] = {}  # times each recent offender was blocked
         self.blocks = 0
@@ -358,29 +362,45 @@ class Server:
         try:
             return self._loop()
         finally:
+            self._stop = True
+            for t in self._threads:
+                t.join(5)
+            for r in self.receivers:  # their threads are done: counters are final
+                r.snapshot()
             self.pool.drain()
             if self.log.json:
                 self.log.event("stats", "", final=True, **self.stats())
             self.pool.stop()
+            for r in self.receivers[1:]:
+                r.link.close()
             self.link.close()
+            os.close(self._wake_r)
+            os.close(self._wake_w)
 
     def _loop(self) -> int:
         start = time.monotonic()
+        rx = self.receivers[0]
+        rx.owner = threading.get_ident()
         poller = select.poll()
         poller.register(self.link.fileno(), select.POLLIN)
+        poller.register(self._wake_r, select.POLLIN)
+        for i, other in enumerate(self.receivers[1:], 1):
+            t = threading.Thread(target=self._worker, args=(other,), name=f"oxboot-rx{i}",
+                                 daemon=True)
+            self._threads.append(t)
+            t.start()
         next_tick = start + 1.0
         last_frame = -1e9
-        got_hello = False
         if self.on_ready is not None:
             self.on_ready(self)
         while not self._stop:
             now = time.monotonic()
-            if self.hello_timeout is not None and not got_hello and \
+            if self.hello_timeout is not None and not self._got_hello and \
                     now - start > self.hello_timeout:
                 raise ImageError(f"no HELLO within {self.hello_timeout:g} seconds")
             # Worker 0 runs here: while it has DATA to send, only peek at the
             # socket between jobs; otherwise sleep until a frame or a tick.
-            inline = self.pool.inline
+            inline = rx.tx
             if inline.pending:
                 timeout = 0.0
             else:
@@ -395,60 +415,110 @@ class Server:
                 len(self.sleds) <= 1 and _spin(poller, now + self.busy_poll)
             if ready or poller.poll(timeout * 1000):
                 now = last_frame = time.monotonic()
-                received = self._receive()
-                if self._pstats.flagged != self._flagged_seen:
-                    self._block_flagged(now)
-                for buf in received:
-                    for action in self._decide(buf, now):
-                        got_hello |= self._act(action, now)
-                        if self.once and self.finished:
-                            return 0
+                if self._handle(rx, now):
+                    return 0
             inline.serve_one()
+            if self._failure is not None:
+                raise self._failure
+            if self.once and self.finished:
+                return 0
             if now >= next_tick:
                 next_tick = now + 1.0
-                self._tick(now)
+                with self._lock:
+                    self._sync(rx, now)
+                    self._tick(now)
         return 0
 
-    def _receive(self) -> list[bytes]:
-        """Frames waiting on the socket that passed the C policer."""
-        n = lib.ox_rx_serve(self.link.fileno(), self._police, self._fast, self._fast_tx,
-                            time.monotonic_ns(), self._rxbuf, RX_SLOT, self._rxlens, RX_KEEP,
-                            RX_DRAIN, self._pstats)
-        if n < 0:
-            raise OSError(ffi.errno, f"{self.link.ifname}: receive failed")
-        view, lens = self._rxview, self._rxlens
-        return [view[i * RX_SLOT:i * RX_SLOT + lens[i]] for i in range(n)]
+    def _handle(self, rx: Receiver, now: float) -> bool:
+        """Drain `rx` and act on what the C core left to Python; True once
+        the single boot asked for (-s) is done."""
+        received = rx.receive(time.monotonic_ns())
+        flagged = rx.flagged()
+        if not received and not flagged:
+            return False
+        with self._lock:
+            if flagged:
+                self._block(flagged, now)
+            for buf in received:
+                for action in self._decide(buf, now):
+                    self._got_hello |= self._act(action, now, rx)
+                    if self.once and self.finished:
+                        return True
+        return False
+
+    def _worker(self, rx: Receiver) -> None:
+        """A receive loop of its own (workers after the first): its share of
+        the sleds, split by the fanout, answered on its core."""
+        rx.owner = threading.get_ident()
+        poller = select.poll()
+        poller.register(rx.link.fileno(), select.POLLIN)
+        next_tick = next_snapshot = time.monotonic() + 1.0
+        try:
+            while not self._stop:
+                now = time.monotonic()
+                timeout = 0.0 if rx.tx.pending else \
+                    min(max(0.0, next_tick - now), SNAPSHOT_SECONDS)
+                if poller.poll(timeout * 1000):
+                    now = time.monotonic()
+                    if self._handle(rx, now):
+                        os.write(self._wake_w, b"x")  # the main loop returns
+                rx.tx.serve_one()
+                if now >= next_snapshot:
+                    # Fresh counters for the main loop's stats (lag < 0.1 s).
+                    next_snapshot = now + SNAPSHOT_SECONDS
+                    rx.snapshot()
+                if now >= next_tick:
+                    next_tick = now + 1.0
+                    with self._lock:
+                        self._sync(rx, now)
+        except BaseException as e:  # noqa: BLE001 - handed to the main loop
+            self._failure = e
+            os.write(self._wake_w, b"x")
+
+    def receiver_for(self, mac: bytes) -> Receiver:
+        """The receiver (and worker) whose socket gets `mac`'s frames."""
+        n = len(self.receivers)
+        return self.receivers[lib.ox_fanout_index(mac, n) if n > 1 else 0]
 
     def _forget_sled(self, mac: bytes, keep_queue: bool = False) -> SledState | None:
         """The sled's session is over here: no more DATA from its state."""
-        if mac in self._fast_macs:
-            self._fast_macs.discard(mac)
-            lib.ox_serve_drop(self._fast, mac)
+        self.receiver_for(mac).drop(mac)
         if not keep_queue:
             self.pool.forget(mac)
         return self.sleds.pop(mac, None)
 
-    def _sync_fast(self, mac: bytes) -> int:
+    def _sync(self, rx: Receiver, now: float) -> None:
+        """Once a second on `rx`'s own thread, with the lock: bring what its
+        C core did into the sessions and the progress; report its errors."""
+        for mac in list(rx.fast_macs):
+            self._sync_fast(rx, mac)
+        rx.snapshot()
+        errors = sum(r.totals["errors"] for r in self.receivers)
+        if errors > self._fast_errors:
+            self._fast_errors = errors
+            message = os.strerror(rx.last_errno or 5)
+            self.log.event("error", f"transmit failed: {message}", message=message)
+            self.errors += 1
+
+    def _sync_fast(self, rx: Receiver, mac: bytes) -> int:
         """Bring what the C core did for `mac`'s READs into the protocol's
-        session and the progress; returns the DATA frames it sent."""
-        if mac not in self._fast_macs or lib.ox_serve_get(self._fast, mac, self._fast_info) != 1:
+        session and the progress; returns the DATA frames it sent (on
+        `rx`'s thread only)."""
+        fast = rx.progress(mac)
+        if fast is None:
             return 0
-        info = self._fast_info
         session = self.proto.sessions.get(mac)
-        if session is not None and info.last_ns:
-            session.last_seen = max(session.last_seen, info.last_ns / 1e9)
-            session.high_water = max(session.high_water, info.high)
+        if session is not None and fast.last_seen:
+            session.last_seen = max(session.last_seen, fast.last_seen)
+            session.high_water = max(session.high_water, fast.high)
         sled = self.sleds.get(mac)
         if sled is not None:
-            sled.high = max(sled.high, min(info.high, sled.image.size))
-        return int(info.frames)
+            sled.high = max(sled.high, min(fast.high, sled.image.size))
+        return fast.frames
 
-    def _block_flagged(self, now: float) -> None:
+    def _block(self, flagged: list[bytes], now: float) -> None:
         """Have the kernel drop the frames of the hosts the policer flagged."""
-        self._flagged_seen = self._pstats.flagged
-        n = lib.ox_police_flagged(self._police, self._flagbuf, MAX_BLOCKED)
-        flat = bytes(ffi.buffer(self._flagbuf, 6 * n))
-        for mac in (flat[i:i + 6] for i in range(0, len(flat), 6)):
+        for mac in flagged:
             strikes = self._strikes.pop(mac, 0) + 1
             self._strikes[mac] = strikes  # most recent last
             if len(self._strikes) > STRIKES_KEPT:
@@ -471,7 +541,8 @@ class Server:
         # (the rest are still policed per frame in C).
         latest = sorted(self.blocked, key=self.blocked.__getitem__)[-MAX_BLOCKED:]
         try:
-            self.link.block_sources(latest)
+            for r in self.receivers:
+                r.link.block_sources(latest)
         except OSError as e:
             self.log.event("error", str(e), message=str(e))
 
@@ -485,15 +556,16 @@ class Server:
                                                ffi.unpack(self._offsets, n), now)
         return self.proto.receive_bytes(buf, now)
 
-    def _act(self, action: object, now: float) -> bool:
-        """Carry out one action; True if it answered a HELLO."""
+    def _act(self, action: object, now: float, rx: Receiver) -> bool:
+        """Carry out one action decided on a frame `rx` received (on its
+        thread, with the lock); True if it answered a HELLO."""
         match action:
             case ServeData(dst=dst, src=src, image=index, offsets=offsets):
                 sled = self.sleds.get(dst)
                 if sled is None:  # resumed after a restart: the current version
                     img = self.images[index]
                     if img is None:
-                        self.link.send(SendReset(dst, src).frame().pack())
+                        rx.link.send(SendReset(dst, src).frame().pack())
                         return False
                     sled = self.sleds[dst] = SledState(img, index, now)
                 img = sled.image
@@ -501,19 +573,17 @@ class Server:
                 # has been replaced since: never a mix of two versions.
                 self.pool.submit(Job(dst, src, img, offsets))
                 sled.high = max(sled.high, min(max(offsets) + CHUNK, img.size))
-                if self._fast != ffi.NULL and dst not in self._fast_macs and \
-                        src == self.macs[sled.index]:
+                if rx.fast and dst not in rx.fast_macs and src == self.macs[sled.index]:
                     # From now on its READs are answered in C.
                     session = self.proto.sessions.get(dst)
                     high = min(session.high_water if session is not None else 0, _U64_MAX)
-                    if lib.ox_serve_set(self._fast, dst, src, img.ptr, img.size, high) == 0:
-                        self._fast_macs.add(dst)
+                    rx.serve(dst, src, img.ptr, img.size, high)
                 return False
             case SendOffer(dst=dst, src=src, image=index):
                 img = self._refresh(index)
                 if img is None:
                     return True
-                self.link.send(SendOffer(dst, src, index, img.offer).frame().pack())
+                rx.link.send(SendOffer(dst, src, index, img.offer).frame().pack())
                 self.log.event("offer", f"{mac_str(dst)} offered {img.name}",
                                mac=mac_str(dst), image=str(img.path), index=index)
                 # A HELLO starts over: the sled will boot what it was offered now.
@@ -522,7 +592,7 @@ class Server:
                 self._offered[(dst, index)] = img
                 return True
             case SendReset(dst=dst):
-                self.link.send(action.frame().pack())
+                rx.link.send(action.frame().pack())
                 self._forget_sled(dst)
                 self.log.event("reset", f"{mac_str(dst)} reset (no session for its READ)",
                                mac=mac_str(dst))
@@ -534,7 +604,7 @@ class Server:
                     self.log.event("start", f"{mac_str(mac)} is booting {img.name}",
                                    mac=mac_str(mac), image=str(img.path))
             case SessionFinished(mac=mac, image=index):
-                fast_frames = self._sync_fast(mac)
+                fast_frames = self._sync_fast(rx, mac)
                 sled = self._forget_sled(mac, keep_queue=True)
                 self.finished += 1
                 if sled is not None:
@@ -557,29 +627,34 @@ class Server:
     def stats(self) -> dict[str, object]:
         """Counters for monitoring and benchmarks (JSON-ready)."""
         t = os.times()
-        packets, drops = self.link.rx_stats()
-        self._rx_packets += packets + self._pstats.sock_packets
-        self._rx_drops += drops + self._pstats.sock_drops
-        self._pstats.sock_packets = self._pstats.sock_drops = 0
+        police = dict.fromkeys(("policed", "foreign", "accepted", "served"), 0)
+        fast = dict.fromkeys(("reads", "offsets", "retransmits", "frames", "bytes", "syscalls",
+                              "errors"), 0)
+        for r in self.receivers:
+            packets, drops = r.rx_stats()
+            self._rx_packets += packets
+            self._rx_drops += drops
+            for key in police:
+                police[key] += r.police_counts[key]
+            for key in fast:
+                fast[key] += r.totals[key]
         counters = dict(self.proto.counters)
-        lib.ox_serve_totals_get(self._fast, self._fast_totals)
-        fast = self._fast_totals
         # READs answered in C count as the protocol layer would have.
-        for key, value in (("frames", fast.reads), ("reads", fast.reads),
-                           ("offsets", fast.offsets), ("retransmits", fast.retransmits)):
-            counters[key] = counters.get(key, 0) + int(value)
+        for key in ("reads", "offsets", "retransmits"):
+            counters[key] = counters.get(key, 0) + fast[key]
+        counters["frames"] = counters.get("frames", 0) + fast["reads"]
         tx = self.pool.totals()
-        tx["tx_frames"] += int(fast.frames)
-        tx["tx_bytes"] += int(fast.bytes)
-        tx["tx_syscalls"] += int(fast.syscalls)
-        tx["tx_jobs"] += int(fast.reads)
-        tx["tx_errors"] += int(fast.errors)
-        p = self._pstats
+        for key in ("frames", "bytes", "syscalls", "errors"):
+            tx[f"tx_{key}"] += fast[key]
+        tx["tx_jobs"] += fast["reads"]
         return {**counters, "sessions_created": counters.get("sessions", 0),
                 "rx_packets": self._rx_packets, "rx_drops": self._rx_drops,
-                "rx_policed": p.policed, "rx_foreign": p.foreign, "rx_accepted": p.accepted,
+                "rx_policed": police["policed"], "rx_foreign": police["foreign"],
+                "rx_accepted": police["accepted"],
                 "sources_blocked": self.blocks, "blocked_now": len(self.blocked),
-                "rx_served_in_c": p.served, **tx, "workers": len(self.pool.workers),
+                "rx_served_in_c": police["served"],
+                "rx_served_per_worker": [r.police_counts["served"] for r in self.receivers],
+                **tx, "workers": len(self.pool.workers),
                 "cpu_user": t.user,
                 "cpu_system": t.system,
                 # Live values last: the protocol's counters of the same names
@@ -594,14 +669,6 @@ class Server:
             self.errors += 1
             if self.once:
                 raise ImageError(f"transmit failed: {message}")
-        for mac in list(self._fast_macs):
-            self._sync_fast(mac)
-        lib.ox_serve_totals_get(self._fast, self._fast_totals)
-        if self._fast_totals.errors > self._fast_errors:
-            self._fast_errors = self._fast_totals.errors
-            message = os.strerror(self._fast_totals.last_errno)
-            self.log.event("error", f"transmit failed: {message}", message=message)
-            self.errors += 1
         self.proto.expire(now)
         if any(until <= now for until in self.blocked.values()):
             self._apply_blocklist(now)

@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import errno
 import threading
-import zlib
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from oxboot._native import lib
 from oxboot.link import RawLink
 
 #: READs a sled may have waiting on its worker. The OS client has one READ
@@ -175,24 +175,30 @@ class TxWorker(threading.Thread):
 class TxPool:
     """N workers; a sled is always served by the same one."""
 
-    def __init__(self, ifname: str, workers: int, tx_method: str) -> None:
+    def __init__(self, ifname: str, workers: int, tx_method: str, threaded: bool = True) -> None:
+        """`threaded`: workers after the first run threads of their own;
+        otherwise every worker is inline, served by the caller's threads
+        (the boot server's receive loops, one per worker)."""
         if workers < 1:
             raise ValueError("at least one worker")
         self.workers: list[TxWorker] = []
         try:
             for i in range(workers):
-                self.workers.append(TxWorker(ifname, tx_method, i, inline=i == 0))
+                self.workers.append(TxWorker(ifname, tx_method, i,
+                                             inline=i == 0 or not threaded))
         except BaseException:
             for w in self.workers:
                 w.link.close()
             raise
         for w in self.workers[1:]:
-            w.start()
+            if not w.inline:
+                w.start()
         self.inline = self.workers[0]
 
     def worker_for(self, mac: bytes) -> TxWorker:
-        # crc32: stable across runs (hash() of bytes is salted per process).
-        return self.workers[zlib.crc32(mac) % len(self.workers)]
+        # The receive fanout's split (source MAC bytes 2..5), so that a
+        # sled's DATA goes out on the worker whose socket gets its READs.
+        return self.workers[lib.ox_fanout_index(mac, len(self.workers))]
 
     def submit(self, job: Job) -> bool:
         return self.worker_for(job.dst).submit(job)

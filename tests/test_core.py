@@ -958,3 +958,13 @@ def test_serve_bad_arguments() -> None:
     stats = ffi.new("ox_police_stats *")
     assert lib.ox_rx_serve(0, p, t, -1, 0, out, 2048, lens, 1, 1, stats) == -1  # no tx fd
     lib.ox_serve_totals_get(ffi.NULL, ffi.new("ox_serve_totals *"))  # a no-op
+
+
+def test_fanout_index_is_source_mac_bytes_2_to_5_modulo_members() -> None:
+    # The kernel takes the fanout program's return value (MAC bytes 2..5)
+    # modulo the group's size; the server routes DATA the same way.
+    for mac in (bytes(6), bytes.fromhex("02000000000b"), bytes.fromhex("ffffffffffff"),
+                bytes.fromhex("06b007000001")):
+        for members in (1, 2, 3, 7):
+            assert lib.ox_fanout_index(mac, members) == int.from_bytes(mac[2:], "big") % members
+    assert lib.ox_fanout_index(bytes(6), 0) == 0

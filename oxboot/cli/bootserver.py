@@ -26,16 +26,19 @@ def build_parser(prog: str = "bootserver") -> Parser:
                    help=f"DATA transmit mechanism (default {TX_METHODS[0]}, the fastest "
                    "measured; the others are for diagnosis)")
     p.add_argument("--workers", type=int, metavar="N",
-                   help="transmit workers, each with its own socket; a sled always stays on "
-                   "one (default 1: measured fastest on small machines, see BENCHMARKS.md)")
+                   help="workers, each with its own receive and transmit sockets and thread "
+                   "(the kernel splits sleds over them by MAC; a sled always stays on one); "
+                   "default 1: on a small machine the clients and the link need the other "
+                   "cores, see BENCHMARKS.md")
     p.add_argument("--user", metavar="NAME",
                    help="after opening the link and the images, drop root and run as NAME "
                    "(images must stay readable by NAME to be reloaded)")
     p.add_argument("--read-rate", type=_positive, default=8000.0, metavar="N",
                    help="frames per second one host may send (default 8000: an OS client "
                    "sends one READ per 128 KiB, so ~1 GB/s per sled); a host that goes on "
-                   "sending far beyond it is blocked in the kernel for 2 s, doubling on "
-                   "repeats up to 64 s")
+                   "sending far beyond it, or fills the socket while the server cannot keep "
+                   "up, is blocked in the kernel for 2 s, doubling on repeats up to 64 s; "
+                   "above 100000 no host is ever blocked)")
     p.add_argument("--busy-poll", type=_non_negative, default=DEFAULT_BUSY_POLL * 1e6,
                    metavar="USEC",
                    help="poll the socket this long without sleeping after each frame while "

@@ -1,0 +1,174 @@
+"""One receive path of the boot server: a raw socket drained in C.
+
+Each :class:`Receiver` owns a receive socket (one member of a
+``PACKET_FANOUT`` group split by source MAC, when there are several), a
+per-source policer and, on the fast path, a session table with which the C
+core answers the READs of established sessions itself, sending the DATA on
+its transmit worker's socket with the GIL released. A sled's frames always
+reach the same receiver, so its session, its bucket and its DATA stay on
+one worker and one core.
+
+The C state of a receiver is only ever touched by the thread that runs it
+(its *owner*); other threads ask for a session to be dropped and it is done
+before the owner's next drain, and read counters from snapshots the owner
+takes.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+from oxboot._native import ffi, lib
+from oxboot.format import ImageError
+from oxboot.link import MAX_BLOCKED, RawLink
+from oxboot.txworkers import TxWorker
+
+#: Sessions whose READs the C core answers without Python, per receiver.
+FAST_SESSIONS = 4096
+RX_SLOT = 2048  # bytes per received frame kept (a READ is 1058)
+RX_KEEP = 64  # frames kept per drain: back to the socket before it overflows
+RX_DRAIN = 1 << 20  # frames read per drain at most: in effect, until the socket is empty
+#: Each source's bucket holds this many frames (its rate is the server's --read-rate).
+READ_BURST = 512
+POLICED_SOURCES = 4096
+#: READs/s per source above which no source is ever taken for a flood: 128
+#: frames each, more than a 100 Gbit/s link carries (benchmarks use it to
+#: measure capacity with clients that never wait for their DATA).
+UNLIMITED_READ_RATE = 100_000
+
+_POLICE_FIELDS = ("frames", "accepted", "foreign", "policed", "flagged", "served")
+_TOTAL_FIELDS = ("reads", "offsets", "retransmits", "frames", "bytes", "syscalls", "errors")
+
+
+@dataclass
+class FastProgress:
+    """What the C core did for one sled since it took over its READs."""
+
+    last_seen: float  # monotonic seconds of its last READ answered in C (0: none)
+    high: int  # end of the furthest chunk sent
+    frames: int  # DATA frames sent
+
+
+class Receiver:
+    """A receive socket drained in C, its policer and (fast path) sessions."""
+
+    def __init__(self, link: RawLink, tx: TxWorker, read_rate: float, fast: bool) -> None:
+        self.link = link
+        self.tx = tx
+        police = lib.ox_police_new(read_rate, float(READ_BURST), POLICED_SOURCES)
+        if police == ffi.NULL:
+            raise ImageError("cannot allocate the receive policer")
+        self._police = ffi.gc(police, lib.ox_police_free)
+        # A source that fills the socket while the server cannot keep up is
+        # a flood only if there is a rate to exceed.
+        lib.ox_police_backlog_rule(police, read_rate <= UNLIMITED_READ_RATE)
+        self._buf = ffi.new(f"uint8_t[{RX_KEEP * RX_SLOT}]")
+        self._view = ffi.buffer(self._buf)
+        self._lens = ffi.new(f"uint32_t[{RX_KEEP}]")
+        self._pstats = ffi.new("ox_police_stats *")
+        self._flagged_seen = 0
+        self._flagbuf = ffi.new(f"uint8_t[{6 * MAX_BLOCKED}]")
+        self._table = ffi.NULL
+        self._tx_fd = -1
+        if fast:
+            table = lib.ox_serve_new(FAST_SESSIONS)
+            if table == ffi.NULL:
+                raise ImageError("cannot allocate the session table")
+            self._table = ffi.gc(table, lib.ox_serve_free)
+            self._tx_fd = tx.link.fileno()
+        self._info = ffi.new("ox_serve_info *")
+        self._totals = ffi.new("ox_serve_totals *")
+        self.fast_macs: set[bytes] = set()
+        self._drops: list[bytes] = []
+        self._lock = threading.Lock()  # _drops and the sock_* counters
+        self.owner = threading.get_ident()
+        # Counters as of the owner's last snapshot (read by any thread).
+        self.police_counts: dict[str, int] = dict.fromkeys(_POLICE_FIELDS, 0)
+        self.totals: dict[str, int] = dict.fromkeys(_TOTAL_FIELDS, 0)
+        self.sock_packets = self.sock_drops = 0
+        self.last_errno = 0
+
+    @property
+    def fast(self) -> bool:
+        return self._table != ffi.NULL
+
+    def receive(self, now_ns: int) -> list[memoryview]:
+        """Frames waiting on the socket that passed the policer (and were
+        not READs the C core answered); owner only."""
+        if self._drops:
+            self._apply_drops()
+        n = lib.ox_rx_serve(self.link.fileno(), self._police, self._table, self._tx_fd, now_ns,
+                            self._buf, RX_SLOT, self._lens, RX_KEEP, RX_DRAIN, self._pstats)
+        if n < 0:
+            raise OSError(ffi.errno, f"{self.link.ifname}: receive failed")
+        view, lens = self._view, self._lens
+        return [view[i * RX_SLOT:i * RX_SLOT + lens[i]] for i in range(n)]
+
+    def flagged(self) -> list[bytes]:
+        """Sources the policer found flooding since the last call; owner only."""
+        if self._pstats.flagged == self._flagged_seen:
+            return []
+        self._flagged_seen = self._pstats.flagged
+        n = lib.ox_police_flagged(self._police, self._flagbuf, MAX_BLOCKED)
+        flat = bytes(ffi.buffer(self._flagbuf, 6 * n))
+        return [flat[i:i + 6] for i in range(0, len(flat), 6)]
+
+    def serve(self, sled: bytes, image_mac: bytes, ptr: object, size: int, high: int) -> bool:
+        """Answer `sled`'s READs to `image_mac` in C from now on; owner only."""
+        if not self.fast or sled in self.fast_macs:
+            return False
+        if lib.ox_serve_set(self._table, sled, image_mac, ptr, size, high) != 0:
+            return False  # table full: the Python path serves it
+        self.fast_macs.add(sled)
+        return True
+
+    def drop(self, sled: bytes) -> None:
+        """Stop answering `sled` in C (at once on the owner, else before its
+        next drain)."""
+        if sled not in self.fast_macs:
+            return
+        if threading.get_ident() == self.owner:
+            self.fast_macs.discard(sled)
+            lib.ox_serve_drop(self._table, sled)
+        else:
+            with self._lock:
+                self._drops.append(sled)
+
+    def _apply_drops(self) -> None:
+        with self._lock:
+            drops, self._drops = self._drops, []
+        for sled in drops:
+            self.fast_macs.discard(sled)
+            lib.ox_serve_drop(self._table, sled)
+
+    def progress(self, sled: bytes) -> FastProgress | None:
+        """The C core's record of `sled`; owner only."""
+        if sled not in self.fast_macs or lib.ox_serve_get(self._table, sled, self._info) != 1:
+            return None
+        info = self._info
+        return FastProgress(info.last_ns / 1e9, int(info.high), int(info.frames))
+
+    def snapshot(self) -> None:
+        """Copy the C counters for other threads to read; owner only."""
+        p = self._pstats
+        self.police_counts = {k: int(getattr(p, k)) for k in _POLICE_FIELDS}
+        with self._lock:
+            self.sock_packets += int(p.sock_packets)
+            self.sock_drops += int(p.sock_drops)
+        p.sock_packets = p.sock_drops = 0
+        if self.fast:
+            lib.ox_serve_totals_get(self._table, self._totals)
+            t = self._totals
+            self.totals = {k: int(getattr(t, k)) for k in _TOTAL_FIELDS}
+            self.last_errno = int(t.last_errno)
+
+    def rx_stats(self) -> tuple[int, int]:
+        """(frames received, frames dropped for a full queue) since the last
+        call, whoever read the kernel's counters (they reset on read)."""
+        packets, drops = self.link.rx_stats()
+        with self._lock:
+            packets += self.sock_packets
+            drops += self.sock_drops
+            self.sock_packets = self.sock_drops = 0
+        return packets, drops
