@@ -105,6 +105,8 @@ typedef struct {
     int32_t last_errno;
 } ox_serve_totals;
 ox_serve *ox_serve_new(unsigned sessions);
+typedef struct ox_txring ox_txring;
+void ox_serve_use_ring(ox_serve *s, ox_txring *ring);
 void ox_serve_free(ox_serve *s);
 int ox_serve_set(ox_serve *s, const uint8_t *sled, const uint8_t *image_mac,
                  const uint8_t *image, uint64_t image_size, uint64_t high);
@@ -117,7 +119,6 @@ long ox_rx_serve(int fd, ox_police *p, ox_serve *s, int tx_fd, uint64_t now_ns, 
 long ox_rx_police(int fd, ox_police *p, uint64_t now_ns, uint8_t *out, size_t slot_size,
                   uint32_t *lens, size_t out_n, size_t max_frames, ox_police_stats *stats);
 
-typedef struct ox_txring ox_txring;
 ox_txring *ox_txring_open(int fd, unsigned frames);
 void ox_txring_close(ox_txring *r);
 long ox_txring_send_data(ox_txring *r, const uint8_t *dst, const uint8_t *src,

@@ -275,6 +275,10 @@ typedef struct {
 } ox_serve_totals;
 
 ox_serve *ox_serve_new(unsigned sessions);
+/* Send the DATA through a PACKET_TX_RING (ox_txring_open) rather than with
+ * sendmmsg on tx_fd; NULL goes back to sendmmsg. The ring must outlive s. */
+typedef struct ox_txring ox_txring;
+void ox_serve_use_ring(ox_serve *s, ox_txring *ring);
 void ox_serve_free(ox_serve *s);
 /* Add or replace a session (its counters start again from `high`): 0, or
  * -1 if the table holds `sessions` already or an argument is bad. */
@@ -297,8 +301,6 @@ long ox_parse_data(const uint8_t *frame, size_t len, uint64_t *offset,
                    int *exact);
 
 /* ---- DATA transmit through a PACKET_TX_RING ----------------------------- */
-
-typedef struct ox_txring ox_txring;
 
 /*
  * Set up a TPACKET_V2 transmit ring of `frames` slots on fd (a raw socket

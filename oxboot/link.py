@@ -170,6 +170,11 @@ class RawLink:
             raise OSError(code, f"{self.ifname}: cannot set the socket filter: "
                           f"{os.strerror(code)}")
 
+    def tx_ring(self) -> tuple[int, object]:
+        """(the socket DATA leaves by, its PACKET_TX_RING or NULL)."""
+        sock = self._txsock if self._txsock is not None else self.sock
+        return sock.fileno(), self._ring
+
     def join_fanout(self, group: int | None) -> int:
         """Share this socket's frames with the other members of a fanout
         group, split by source MAC (``lib.ox_fanout_index``): None creates

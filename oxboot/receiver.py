@@ -76,7 +76,9 @@ class Receiver:
             if table == ffi.NULL:
                 raise ImageError("cannot allocate the session table")
             self._table = ffi.gc(table, lib.ox_serve_free)
-            self._tx_fd = tx.link.fileno()
+            self._tx_fd, ring = tx.link.tx_ring()
+            if ring != ffi.NULL:
+                lib.ox_serve_use_ring(table, ring)
         self._info = ffi.new("ox_serve_info *")
         self._totals = ffi.new("ox_serve_totals *")
         self.fast_macs: set[bytes] = set()
