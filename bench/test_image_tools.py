@@ -143,7 +143,7 @@ def test_lookimage_zlib_overlap(benchmark, warm: Path, tmp_path: Path) -> None:
 
     from oxboot import codec
     from oxboot._native import sha256
-    from oxboot.verify import read_header
+    from oxboot.verify import read_header, verify_image
 
     header = read_header(img)
 
@@ -159,13 +159,17 @@ def test_lookimage_zlib_overlap(benchmark, warm: Path, tmp_path: Path) -> None:
     inflate_t = best_of(inflate_alone, ROUNDS)
     zlib_ng_t = best_of(lambda: zlib_ng.decompress(payload), ROUNDS)
     hash_t = best_of(lambda: sha256(raw), ROUNDS)
+    # The whole measured as its halves are, in this process: the overlap is
+    # what is compared, not the interpreter's start-up (reported on its own).
+    whole_t = best_of(lambda: verify_image(img, progress=False), ROUNDS)
     argv = [*script("lookimage"), str(img)]
     benchmark.pedantic(lambda: run(argv), rounds=ROUNDS, iterations=1)
     ours = benchmark.stats.stats.min
     slower = max(inflate_t, hash_t)
-    record("lookimage_zlib_vs_slower_half", ours / slower, seconds=round(ours, 3),
-           inflate_seconds=round(inflate_t, 3), hash_seconds=round(hash_t, 3))
-    note("lookimage_zlib", seconds=round(ours, 3), sum_of_parts=round(inflate_t + hash_t, 3),
+    record("lookimage_zlib_vs_slower_half", whole_t / slower, seconds=round(whole_t, 3),
+           inflate_seconds=round(inflate_t, 3), hash_seconds=round(hash_t, 3),
+           cli_seconds=round(ours, 3))
+    note("lookimage_zlib", cli_seconds=round(ours, 3), sum_of_parts=round(inflate_t + hash_t, 3),
          zlib_ng_inflate_seconds=round(zlib_ng_t, 3),
          vs_original_2_76_s=round(2.76 / ours, 2) if not QUICK else None)
 
