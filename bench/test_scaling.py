@@ -73,13 +73,13 @@ def _fps(stats: list[dict]) -> float:
 
 
 def test_two_workers_vs_one_for_eight_sleds(lab: Lab, small: Path, tmp_path: Path) -> None:
-    # The same offered load for both, beyond what either serves (3 M frames/s).
-    one, _ = _serve(lab, ["--workers", "1"], small, tmp_path, 8, 24000)
-    two, _ = _serve(lab, ["--workers", "2"], small, tmp_path, 8, 24000)
+    # The same offered load for both, beyond what either serves (4 M frames/s).
+    one, _ = _serve(lab, ["--workers", "1"], small, tmp_path, 8, 32000)
+    two, _ = _serve(lab, ["--workers", "2"], small, tmp_path, 8, 32000)
     f1, f2 = _fps(one), _fps(two)
     assert f1 > 0 and f2 > 0
     record("workers2_vs_workers1_fps", f2 / f1, one_worker_fps=round(f1), two_worker_fps=round(f2),
-           sleds=8, offered_fps=24000 * 128)
+           sleds=8, offered_fps=32000 * 128)
 
 
 def test_transmit_mechanisms(lab: Lab, small: Path, tmp_path: Path) -> None:
