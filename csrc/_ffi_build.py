@@ -88,6 +88,7 @@ size_t ox_police_flagged(ox_police *p, uint8_t *macs, size_t max);
 void ox_police_backlog_rule(ox_police *p, int on);
 #define OX_MAX_BLOCKED 32
 int ox_set_blocklist(int fd, const uint8_t *macs, size_t n);
+int ox_receive_nothing(int fd);
 int ox_fanout_by_source(int fd, int group);
 unsigned ox_fanout_index(const uint8_t *mac, unsigned members);
 typedef struct ox_serve ox_serve;

@@ -570,6 +570,13 @@ size_t ox_police_flagged(ox_police *p, uint8_t *macs, size_t max)
     return n;
 }
 
+int ox_receive_nothing(int fd)
+{
+    struct sock_filter prog[] = {BPF_STMT(BPF_RET | BPF_K, 0)};
+    struct sock_fprog fprog = {.len = 1, .filter = prog};
+    return setsockopt(fd, SOL_SOCKET, SO_ATTACH_FILTER, &fprog, sizeof(fprog));
+}
+
 int ox_set_blocklist(int fd, const uint8_t *macs, size_t n)
 {
     /* Per MAC: A = source bytes 2..5 (scratch M[1]) equal? then bytes 0..1

@@ -222,6 +222,13 @@ void ox_police_backlog_rule(ox_police *p, int on);
 int ox_set_blocklist(int fd, const uint8_t *macs, size_t n);
 
 /*
+ * Attach a filter that accepts no frame at all: for a transmit socket bound
+ * to our ethertype (so that the kernel need not parse each frame it sends
+ * to learn its protocol) that must never queue a received one.
+ */
+int ox_receive_nothing(int fd);
+
+/*
  * Spread received frames over the sockets of a PACKET_FANOUT group by
  * source MAC, so that a sled's frames always reach the same socket (and so
  * the same worker, its session table and its policer). group < 0 creates a

@@ -100,16 +100,21 @@ class RawLink:
         except OSError:
             raise LinkError(errno.ENODEV, f"no such network interface: {ifname}") from None
         try:
-            # Protocol 0: a transmit-only socket, which the kernel never
-            # hands received frames to.
+            # A transmit-only socket is created with protocol 0 (nothing is
+            # queued for it) and gets a filter that accepts nothing before
+            # it is bound to our ethertype: bound, the kernel takes each
+            # sent frame's protocol from the socket instead of parsing it.
             proto = socket.htons(ETHERTYPE) if receive else 0
             sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, proto)
+            if not receive and lib.ox_receive_nothing(sock.fileno()) != 0:
+                sock.close()
+                raise OSError(ffi.errno, "cannot attach a socket filter")
         except PermissionError:
             raise LinkError(errno.EPERM, "raw sockets need CAP_NET_RAW (run as root, or "
                             "grant the capability)") from None
         self.sock = sock
         try:
-            sock.bind((ifname, ETHERTYPE if receive else 0))
+            sock.bind((ifname, ETHERTYPE))
             # Our own transmitted frames would otherwise come back to us.
             sock.setsockopt(SOL_PACKET, PACKET_IGNORE_OUTGOING, 1)
             for opt, fallback in ((SO_SNDBUFFORCE, socket.SO_SNDBUF),
