@@ -266,7 +266,7 @@ class BufferPool:
         self._check = check
         self._free: queue.SimpleQueue[mmap.mmap] = queue.SimpleQueue()
         for _ in range(count):
-            self._free.put(mmap.mmap(-1, self.size))
+            self._free.put(mmap.mmap(-1, self.size, flags=mmap.MAP_PRIVATE))
 
     def take(self) -> mmap.mmap:
         """A free buffer; while waiting, `check` (say, that the consumer is
