@@ -66,6 +66,11 @@ long ox_rx_data(int fd, const uint8_t *self_mac, const uint8_t *server, uint8_t 
                 uint64_t ram_len, uint64_t *slot_offsets, uint8_t *slot_busy,
                 uint32_t *busy_count, uint8_t *other, size_t other_cap,
                 size_t *other_len, size_t max_frames, ox_rx_stats *stats);
+long ox_rx_data_wait(int fd, const uint8_t *self_mac, const uint8_t *server, uint8_t *ram,
+                     uint64_t ram_len, uint64_t *slot_offsets, uint8_t *slot_busy,
+                     uint32_t *busy_count, uint8_t *other, size_t other_cap,
+                     size_t *other_len, size_t max_frames, int timeout_ms,
+                     ox_rx_stats *stats);
 
 long ox_parse_data(const uint8_t *frame, size_t len, uint64_t *offset,
                    int *exact);

@@ -9,6 +9,7 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
+#include <time.h>
 #include <linux/filter.h>
 #include <linux/if_packet.h>
 #include <openssl/evp.h>
@@ -455,6 +456,41 @@ long ox_rx_data(int fd, const uint8_t *self_mac, const uint8_t *server, uint8_t 
             break;
     }
     return (long)total;
+}
+
+long ox_rx_data_wait(int fd, const uint8_t *self_mac, const uint8_t *server, uint8_t *ram,
+                     uint64_t ram_len, uint64_t *slot_offsets, uint8_t *slot_busy,
+                     uint32_t *busy_count, uint8_t *other, size_t other_cap,
+                     size_t *other_len, size_t max_frames, int timeout_ms,
+                     ox_rx_stats *stats)
+{
+    struct timespec t0, t;
+    long total = 0;
+
+    if (other_len == NULL || busy_count == NULL || timeout_ms < 0 ||
+        clock_gettime(CLOCK_MONOTONIC, &t0) != 0)
+        return -1;
+    for (;;) {
+        long n = ox_rx_data(fd, self_mac, server, ram, ram_len, slot_offsets, slot_busy,
+                            busy_count, other, other_cap, other_len,
+                            max_frames - (size_t)total, stats);
+        if (n < 0)
+            return -1;
+        total += n;
+        if (*busy_count == 0 || *other_len != 0 || (size_t)total >= max_frames)
+            return total;
+        if (clock_gettime(CLOCK_MONOTONIC, &t) != 0)
+            return -1;
+        long spent = (long)(t.tv_sec - t0.tv_sec) * 1000 + (t.tv_nsec - t0.tv_nsec) / 1000000;
+        if (spent >= timeout_ms)
+            return total;
+        struct pollfd p = {.fd = fd, .events = POLLIN};
+        int r = poll(&p, 1, (int)(timeout_ms - spent));
+        if (r < 0 && errno != EINTR)
+            return -1;
+        if (r == 0)
+            return total;
+    }
 }
 
 /* ---- Server receive: per-source policing ------------------------------ */

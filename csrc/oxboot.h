@@ -164,6 +164,19 @@ long ox_rx_data(int fd, const uint8_t *self_mac, const uint8_t *server, uint8_t 
                 size_t *other_len, size_t max_frames, ox_rx_stats *stats);
 
 /*
+ * ox_rx_data until the batch is complete (*busy_count reaches 0), a frame
+ * for Python arrives (*other_len), max_frames are read or timeout_ms pass,
+ * sleeping in poll() in between: a batch of 128 DATA frames is received in
+ * one call, without a trip through Python for every wake-up. Returns
+ * frames read, or -1 (errno set).
+ */
+long ox_rx_data_wait(int fd, const uint8_t *self_mac, const uint8_t *server, uint8_t *ram,
+                     uint64_t ram_len, uint64_t *slot_offsets, uint8_t *slot_busy,
+                     uint32_t *busy_count, uint8_t *other, size_t other_cap,
+                     size_t *other_len, size_t max_frames, int timeout_ms,
+                     ox_rx_stats *stats);
+
+/*
  * The offsets a server must serve for one received READ frame (Ethernet
  * header included), written to out[0..n): every non-zero slot of all 128,
  * duplicates once, in slot order, plus offset 0 first when fewer slots are

@@ -67,8 +67,10 @@ def _ramdisk(size: int) -> mmap.mmap:
     """The sled's RAM for the image: lazily zero-filled, so only what DATA
     lands on costs memory. Private: a shared anonymous mapping is shmem,
     whose page faults cost more (a 256 MiB boot: ~690 vs ~650 MB/s here).
-    Huge pages (MADV_HUGEPAGE) were faster still once memory was compacted,
-    but the first boot stalled on compaction (280 MB/s), so not those."""
+    Faulting the image's pages in up front (MADV_POPULATE_WRITE) was slower
+    (they are faulted while the client waits for DATA anyway); huge pages
+    were faster once memory was compacted, but the first boot stalled on
+    compaction (280 MB/s), so neither."""
     return mmap.mmap(-1, max(size, 1), flags=mmap.MAP_PRIVATE)
 
 
@@ -113,16 +115,17 @@ def _run(link: RawLink, want: bytes, timeout: float | None, save: str | None,
         if on_progress is not None and now >= next_report:
             next_report = now + 1.0
             on_progress(sess, now)
-        if not poller.poll(TICK * 1000):
-            continue
-        now = time.monotonic()
-        if state is ClientState.TRANSFER and ram is not None:
+        if state is ClientState.TRANSFER and ram is not None and busy[0]:
+            # The rest of the batch is received in C, sleeping there between
+            # frames, until it is complete or the session's next tick.
             server = sess.server
             assert server is not None
             before_bytes = stats.bytes
-            n = lib.ox_rx_data(link.fileno(), self_mac, server, ram_ptr, len(ram),
-                               slot_offsets, slot_busy, busy, other, MAX_FRAME,
-                               other_len, 4096, stats)
+            wait_ms = max(0, int((last_poll + TICK - now) * 1000))
+            n = lib.ox_rx_data_wait(link.fileno(), self_mac, server, ram_ptr, len(ram),
+                                    slot_offsets, slot_busy, busy, other, MAX_FRAME,
+                                    other_len, 1 << 20, wait_ms, stats)
+            now = time.monotonic()
             if n < 0:
                 raise OSError(ffi.errno, "receive failed")
             sess.bytes_received += stats.bytes - before_bytes
@@ -133,6 +136,9 @@ def _run(link: RawLink, want: bytes, timeout: float | None, save: str | None,
                 _feed(sess, bytes(ffi.buffer(other, other_len[0])), now, ram)
                 busy[0] = sum(sess.slot_busy)
             continue
+        if not poller.poll(TICK * 1000):
+            continue
+        now = time.monotonic()
         for buf in link.recv_pending():
             _feed(sess, buf, now, ram)
             if sess.state is ClientState.TRANSFER and ram is None:
