@@ -369,6 +369,7 @@ long ox_rx_data(int fd, const uint8_t *self_mac, const uint8_t *server, uint8_t 
     struct mmsghdr msg[RX_BATCH];
     struct sockaddr_ll from[RX_BATCH];
     size_t total = 0;
+    int hint = 0;
 
     static const uint8_t bcast[6] = {0xff, 0xff, 0xff, 0xff, 0xff, 0xff};
 
@@ -423,11 +424,17 @@ long ox_rx_data(int fd, const uint8_t *self_mac, const uint8_t *server, uint8_t 
                 }
                 continue;
             }
+            /* DATA mostly arrives in slot order: try the slot after the
+             * last one filled before scanning all of them. */
             int slot = -1;
-            for (int s = 0; s < OX_SLOTS; s++) {
-                if (slot_busy[s] && slot_offsets[s] == off) {
-                    slot = s;
-                    break;
+            if (slot_busy[hint] && slot_offsets[hint] == off) {
+                slot = hint;
+            } else {
+                for (int s = 0; s < OX_SLOTS; s++) {
+                    if (slot_busy[s] && slot_offsets[s] == off) {
+                        slot = s;
+                        break;
+                    }
                 }
             }
             if (slot < 0) {
@@ -435,6 +442,7 @@ long ox_rx_data(int fd, const uint8_t *self_mac, const uint8_t *server, uint8_t 
                 continue;
             }
             slot_busy[slot] = 0;
+            hint = (slot + 1) % OX_SLOTS;
             if (*busy_count > 0)
                 (*busy_count)--;
             stats->data_ok++;
