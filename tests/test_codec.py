@@ -28,6 +28,7 @@ from oxboot._native import ffi, lib
 from oxboot.codec import (
     BLOCK,
     DEFAULT_ZLIB_LEVEL,
+    ISAL_FAST_LEVEL,
     ZLIB_LEVELS,
     ParallelZlib,
     make_encoder,
@@ -358,6 +359,19 @@ def test_parallel_zlib_block_sizes(block: int) -> None:
     data = mixed(20_000 if block < 1000 else 4 * MIB + 3, seed=4)
     stream = encode(data, threads=2, feed=70_001, block=block)
     assert inflate_one_stream(stream) == data
+
+
+def test_fast_level_isal_is_one_deterministic_stream(image: bytes) -> None:
+    # --level 1 compresses with ISA-L: still one ordinary zlib stream, cut
+    # after sync flushes (the inflate side cuts it there again), the same
+    # bytes whatever the threads and the feeds.
+    one = encode(image, ISAL_FAST_LEVEL, threads=1)
+    assert encode(image, ISAL_FAST_LEVEL, threads=2, feed=300_001) == one
+    assert inflate_one_stream(one) == image
+    assert one.count(SYNC) >= len(image) // BLOCK
+    assert len(one) < len(encode(image, 9, threads=2)) * 1.25  # "fast", not "stored"
+    for data in (b"", b"a", b"\x00" * 3):
+        assert zlib.decompress(encode(data, ISAL_FAST_LEVEL, threads=2)) == data
 
 
 def test_parallel_zlib_empty_and_tiny() -> None:
