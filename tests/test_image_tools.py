@@ -24,7 +24,13 @@ from conftest import SANITIZED, Run, command, one_line_error, run_cli
 from zlib_ng import zlib_ng
 
 from oxboot import build_image, extract_image, read_header, verify_image
-from oxboot.codec import DEFAULT_ZLIB_LEVEL, ParallelZlib, _deflate_chunk
+from oxboot.codec import (
+    DEFAULT_ZLIB_LEVEL,
+    ISAL_FAST_LEVEL,
+    ParallelZlib,
+    _deflate_chunk,
+    _isal_chunk,
+)
 from oxboot.format import HEADER_SIZE, NETBOOT_ALIGN, Codec, Header, ImageError
 
 MIB = 1 << 20
@@ -165,12 +171,17 @@ def test_parallel_zlib_ratio_close_to_single_stream(raw_10m: bytes, tmp_path: Pa
         assert r.status == 0, r.stderr
         data = payload(img)
         assert inflate_one_stream(data) == raw_10m
-        # The same deflater (libdeflate) over the whole buffer, one stream.
-        single = len(_deflate_chunk(level, raw_10m))
+        # The same deflater (ISA-L for the fast level, else libdeflate) over
+        # the whole buffer, one stream.
+        single = len(_isal_chunk(raw_10m) if level == ISAL_FAST_LEVEL
+                     else _deflate_chunk(level, raw_10m))
         sizes[level] = len(data)
         assert abs(len(data) - single) <= 0.005 * single, (level, len(data), single)
-        # ...and never worse than zlib-ng, a fast zlib, at the same level.
-        assert len(data) <= 1.005 * len(zlib_ng.compress(raw_10m, level))
+        # ...and never worse than zlib-ng, a fast zlib, at the same level
+        # (ISA-L, ~5x faster, within 2% of it: 0.75% larger on this mix,
+        # smaller on real filesystems).
+        slack = 1.02 if level == ISAL_FAST_LEVEL else 1.005
+        assert len(data) <= slack * len(zlib_ng.compress(raw_10m, level))
     assert sizes[9] != sizes[1]  # the level is really used (on this mix 1 may even win)
 
 
