@@ -17,13 +17,11 @@ same receiver, for a baseline sender such as trafgen.
 
 from __future__ import annotations
 
-import ctypes
 import json
-import socket
-import struct
 import sys
 import time
 
+from oxboot._native import ffi, lib
 from oxboot.link import RawLink
 from oxboot.protocol import (
     BROADCAST,
@@ -38,17 +36,14 @@ from oxboot.protocol import (
     parse_frame,
 )
 
-SO_ATTACH_FILTER = 26  # <asm-generic/socket.h>; not in Python's socket module
 
-
-def drop_everything(sock: socket.socket) -> None:
+def drop_everything(link: RawLink) -> None:
     """Have the kernel discard every frame for this socket before queueing
-    it (a one-instruction socket filter: "return 0"), so that receiving costs
+    it (the C core's filter that accepts nothing), so that receiving costs
     the sender's core (veth delivers in its context) as little as a real
     NIC's peer would: no queueing, no drop counters shared between cores."""
-    prog = ctypes.create_string_buffer(struct.pack("HBBI", 0x06, 0, 0, 0))  # BPF_RET|BPF_K 0
-    fprog = struct.pack("HxxxxxxQ", 1, ctypes.addressof(prog))
-    sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)
+    if lib.ox_receive_nothing(link.fileno()) != 0:
+        raise OSError(ffi.errno, "cannot attach a socket filter")
 
 
 def sled_macs(base: bytes, n: int) -> list[bytes]:
@@ -63,7 +58,7 @@ def main() -> None:
     link = RawLink(ifname, buffer_bytes=256 << 10)
     macs = sled_macs(link.mac, n_sleds)
     if rate <= 0:
-        drop_everything(link.sock)
+        drop_everything(link)
         time.sleep(seconds)
         print(json.dumps({"frames": 0}))
         return
@@ -83,7 +78,7 @@ def main() -> None:
                 server, size = frame.src, frame.msg.data_size
     if server is None:
         raise SystemExit("no OFFER")
-    drop_everything(link.sock)  # from now on it only sends
+    drop_everything(link)  # from now on it only sends
     chunks = size // CHUNK
     # READs go out in bursts every TICK seconds rather than one per sleep:
     # waking a virtual CPU 24 000 times a second would cost this client

@@ -475,10 +475,10 @@ long ox_rx_data_wait(int fd, const uint8_t *self_mac, const uint8_t *server, uin
     struct timespec t0, t;
     long total = 0;
 
-    if (other_len == NULL || busy_count == NULL || timeout_ms < 0 ||
-        clock_gettime(CLOCK_MONOTONIC, &t0) != 0)
+    if (timeout_ms < 0 || clock_gettime(CLOCK_MONOTONIC, &t0) != 0)
         return -1;
     for (;;) {
+        /* It checks the arguments: past it, the pointers are good. */
         long n = ox_rx_data(fd, self_mac, server, ram, ram_len, slot_offsets, slot_busy,
                             busy_count, other, other_cap, other_len,
                             max_frames - (size_t)total, stats);
@@ -779,8 +779,8 @@ static void police_backlog(int fd, ox_police *p, struct police_entry *top, uint6
         return;
     stats->sock_packets += st.tp_packets;
     stats->sock_drops += st.tp_drops;
-    if (!p->backlog_rule || st.tp_drops == 0 || top == NULL || ours < BACKLOG_MIN_FRAMES || top->call != p->calls ||
-        top->in_call * 2 <= ours)
+    if (!p->backlog_rule || st.tp_drops == 0 || top == NULL || ours < BACKLOG_MIN_FRAMES ||
+        top->call != p->calls || top->in_call * 2 <= ours)
         return;
     police_flag(p, top, now);
 }

@@ -9,6 +9,7 @@ session in Python.
 
 from __future__ import annotations
 
+import math
 import mmap
 import select
 import time
@@ -121,7 +122,8 @@ def _run(link: RawLink, want: bytes, timeout: float | None, save: str | None,
             server = sess.server
             assert server is not None
             before_bytes = stats.bytes
-            wait_ms = max(0, int((last_poll + TICK - now) * 1000))
+            # Rounded up: a wait of 0 ms would spin until the tick.
+            wait_ms = max(0, math.ceil((last_poll + TICK - now) * 1000))
             n = lib.ox_rx_data_wait(link.fileno(), self_mac, server, ram_ptr, len(ram),
                                     slot_offsets, slot_busy, busy, other, MAX_FRAME,
                                     other_len, 1 << 20, wait_ms, stats)

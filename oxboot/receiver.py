@@ -37,8 +37,8 @@ POLICED_SOURCES = 4096
 #: measure capacity with clients that never wait for their DATA).
 UNLIMITED_READ_RATE = 100_000
 
-_POLICE_FIELDS = ("frames", "accepted", "foreign", "policed", "flagged", "served")
-_TOTAL_FIELDS = ("reads", "offsets", "retransmits", "frames", "bytes", "syscalls", "errors")
+POLICE_FIELDS = ("frames", "accepted", "foreign", "policed", "flagged", "served")
+TOTAL_FIELDS = ("reads", "offsets", "retransmits", "frames", "bytes", "syscalls", "errors")
 
 
 @dataclass
@@ -86,10 +86,11 @@ class Receiver:
         self._lock = threading.Lock()  # _drops and the sock_* counters
         self.owner = threading.get_ident()
         # Counters as of the owner's last snapshot (read by any thread).
-        self.police_counts: dict[str, int] = dict.fromkeys(_POLICE_FIELDS, 0)
-        self.totals: dict[str, int] = dict.fromkeys(_TOTAL_FIELDS, 0)
+        self.police_counts: dict[str, int] = dict.fromkeys(POLICE_FIELDS, 0)
+        self.totals: dict[str, int] = dict.fromkeys(TOTAL_FIELDS, 0)
         self.sock_packets = self.sock_drops = 0
         self.last_errno = 0
+        self.errors_reported = 0  # transmit errors the server has logged
 
     @property
     def fast(self) -> bool:
@@ -154,7 +155,7 @@ class Receiver:
     def snapshot(self) -> None:
         """Copy the C counters for other threads to read; owner only."""
         p = self._pstats
-        self.police_counts = {k: int(getattr(p, k)) for k in _POLICE_FIELDS}
+        self.police_counts = {k: int(getattr(p, k)) for k in POLICE_FIELDS}
         with self._lock:
             self.sock_packets += int(p.sock_packets)
             self.sock_drops += int(p.sock_drops)
@@ -162,7 +163,7 @@ class Receiver:
         if self.fast:
             lib.ox_serve_totals_get(self._table, self._totals)
             t = self._totals
-            self.totals = {k: int(getattr(t, k)) for k in _TOTAL_FIELDS}
+            self.totals = {k: int(getattr(t, k)) for k in TOTAL_FIELDS}
             self.last_errno = int(t.last_errno)
 
     def rx_stats(self) -> tuple[int, int]:

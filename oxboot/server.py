@@ -44,7 +44,7 @@ from oxboot.protocol import (
     SessionStarted,
     encode_dataset,
 )
-from oxboot.receiver import READ_BURST, Receiver
+from oxboot.receiver import POLICE_FIELDS, READ_BURST, TOTAL_FIELDS, Receiver
 from oxboot.txworkers import Job, TxPool
 from oxboot.verify import check_header, copy_data
 
@@ -285,7 +285,6 @@ class Server:
         self._failure: BaseException | None = None
         self._threads: list[threading.Thread] = []
         self._got_hello = False
-        self._fast_errors = 0
         self.blocked: dict[bytes, float] = {}  # MAC -> when the kernel lets it in again
         self._strikes: dict[bytes, int] = {}  # times each recent offender was blocked
         self.blocks = 0
@@ -477,8 +476,7 @@ class Server:
 
     def receiver_for(self, mac: bytes) -> Receiver:
         """The receiver (and worker) whose socket gets `mac`'s frames."""
-        n = len(self.receivers)
-        return self.receivers[lib.ox_fanout_index(mac, n) if n > 1 else 0]
+        return self.receivers[lib.ox_fanout_index(mac, len(self.receivers))]
 
     def _forget_sled(self, mac: bytes, keep_queue: bool = False) -> SledState | None:
         """The sled's session is over here: no more DATA from its state."""
@@ -493,10 +491,9 @@ class Server:
         for mac in list(rx.fast_macs):
             self._sync_fast(rx, mac)
         rx.snapshot()
-        errors = sum(r.totals["errors"] for r in self.receivers)
-        if errors > self._fast_errors:
-            self._fast_errors = errors
-            message = os.strerror(rx.last_errno or 5)
+        if rx.totals["errors"] > rx.errors_reported:
+            rx.errors_reported = rx.totals["errors"]
+            message = os.strerror(rx.last_errno)
             self.log.event("error", f"transmit failed: {message}", message=message)
             self.errors += 1
 
@@ -627,17 +624,12 @@ class Server:
     def stats(self) -> dict[str, object]:
         """Counters for monitoring and benchmarks (JSON-ready)."""
         t = os.times()
-        police = dict.fromkeys(("policed", "foreign", "accepted", "served"), 0)
-        fast = dict.fromkeys(("reads", "offsets", "retransmits", "frames", "bytes", "syscalls",
-                              "errors"), 0)
         for r in self.receivers:
             packets, drops = r.rx_stats()
             self._rx_packets += packets
             self._rx_drops += drops
-            for key in police:
-                police[key] += r.police_counts[key]
-            for key in fast:
-                fast[key] += r.totals[key]
+        police = {k: sum(r.police_counts[k] for r in self.receivers) for k in POLICE_FIELDS}
+        fast = {k: sum(r.totals[k] for r in self.receivers) for k in TOTAL_FIELDS}
         counters = dict(self.proto.counters)
         # READs answered in C count as the protocol layer would have.
         for key in ("reads", "offsets", "retransmits"):
