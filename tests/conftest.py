@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -93,3 +94,29 @@ def one_line_error(r: Run) -> None:
     assert "Traceback" not in r.stderr, r.stderr
     lines = [ln for ln in r.stderr.splitlines() if not ln.startswith("warning: ")]
     assert len(lines) == 1 and lines[0].startswith("Error: "), r.stderr
+
+
+# ---- boot times under faults, shown at the end of every run ----------------------
+
+_BOOT_TIMES: list[tuple[str, str]] = []
+
+
+@pytest.fixture
+def boot_times(request: pytest.FixtureRequest) -> Callable[[str], None]:
+    """Record a line (a boot time under some fault) for the summary that
+    pytest prints at the end of the run, also with -q, where the output of
+    passing tests is hidden."""
+
+    def record(line: str) -> None:
+        print(f"\n{line}")  # as it happens, with -s
+        _BOOT_TIMES.append((request.node.name, line))
+
+    return record
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if not _BOOT_TIMES:
+        return
+    terminalreporter.section("boot times under faults", sep="-")
+    for name, line in _BOOT_TIMES:
+        terminalreporter.write_line(f"{line}  [{name}]")

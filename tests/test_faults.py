@@ -2,7 +2,8 @@
 READ frames (nftables in the kernel), duplicated and reordered frames, the
 server killed and restarted mid-boot, the image file replaced, truncated or
 deleted under a running boot. Real kernel networking between namespaces;
-each test removes what it made. ``pytest -s`` shows the boot times."""
+each test removes what it made. The boot times are listed at the end of
+the run ("boot times under faults", see conftest.boot_times)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -103,7 +105,7 @@ def chain(lab: Lab) -> tuple[Host, Host, Host, Host]:
 
 @pytest.mark.parametrize("percent", [1, 5, 20])
 def test_boot_survives_random_data_loss(lab: Lab, images: dict, tmp_path: Path,
-                                        percent: int) -> None:
+                                        percent: int, boot_times: Callable[[str], None]) -> None:
     srv, sled = lab.pair()
     img, raw = images["small"]  # 1 MiB: each lost DATA stalls its batch for ~1 s
     _drop_data(sled, percent)
@@ -118,12 +120,13 @@ def test_boot_survives_random_data_loss(lab: Lab, images: dict, tmp_path: Path,
     dropped = _dropped(sled)
     assert dropped > 0 and result["retransmits"] > 0
     assert server.wait(10) == 0
-    print(f"\n{percent}% DATA loss: 1 MiB booted in {took:.1f} s "
-          f"({result['seconds']:.1f} s transfer), {dropped} DATA dropped, "
-          f"{result['retransmits']} retransmissions")
+    boot_times(f"{percent}% DATA loss, 1 sled: 1 MiB booted in {took:.1f} s "
+               f"({result['seconds']:.1f} s transfer), {dropped} DATA dropped, "
+               f"{result['retransmits']} retransmissions")
 
 
-def test_boot_survives_read_loss(lab: Lab, images: dict, tmp_path: Path) -> None:
+def test_boot_survives_read_loss(lab: Lab, images: dict, tmp_path: Path,
+                                 boot_times: Callable[[str], None]) -> None:
     srv, sled = lab.pair()
     # 24 MiB: 192 batches, so a 5% READ loss certainly hits some of them.
     img, raw = images["big"]
@@ -139,11 +142,12 @@ def test_boot_survives_read_loss(lab: Lab, images: dict, tmp_path: Path) -> None
     dropped = _dropped(srv)
     assert dropped > 0 and result["retransmits"] > 0
     assert server.wait(10) == 0
-    print(f"\n5% READ loss: 24 MiB booted in {took:.1f} s, {dropped} READs dropped, "
-          f"{result['retransmits']} retransmissions")
+    boot_times(f"5% READ loss, 1 sled: 24 MiB booted in {took:.1f} s, {dropped} READs "
+               f"dropped, {result['retransmits']} retransmissions")
 
 
-def test_eight_sleds_with_data_loss(lab: Lab, images: dict, tmp_path: Path) -> None:
+def test_eight_sleds_with_data_loss(lab: Lab, images: dict, tmp_path: Path,
+                                   boot_times: Callable[[str], None]) -> None:
     hosts = lab.bridge(9)
     srv, sleds = hosts[0], hosts[1:]
     img, raw = images["small"]
@@ -164,14 +168,15 @@ def test_eight_sleds_with_data_loss(lab: Lab, images: dict, tmp_path: Path) -> N
         times.append(result["total_seconds"])
     finished = {e["mac"] for e in events(log) if e["event"] == "finished"}
     assert finished == {s.mac() for s in sleds}
-    print(f"\n8 sleds, 5% DATA loss each: all booted 1 MiB within "
-          f"{time.monotonic() - started:.1f} s (each {min(times):.1f}..{max(times):.1f} s)")
+    boot_times(f"5% DATA loss, 8 sleds: all booted 1 MiB within "
+               f"{time.monotonic() - started:.1f} s (each {min(times):.1f}..{max(times):.1f} s)")
 
 
 # ---- duplicated and reordered frames ------------------------------------------------
 
 
-def test_duplicated_and_reordered_frames_relay(lab: Lab, images: dict, tmp_path: Path) -> None:
+def test_duplicated_and_reordered_frames_relay(lab: Lab, images: dict, tmp_path: Path,
+                                               boot_times: Callable[[str], None]) -> None:
     """The same faults without netem: a user-space middlebox between server
     and sled sends 10% of the protocol frames (both ways) twice and holds
     25% of the DATA back 2 ms so later ones overtake them."""
@@ -192,7 +197,7 @@ def test_duplicated_and_reordered_frames_relay(lab: Lab, images: dict, tmp_path:
     assert counts.get("reordered", 0) > 100, counts
     assert counts.get("duplicated_9104", 0) > 50, counts  # DATA
     assert counts.get("duplicated_9003", 0) >= 0  # READs are few; duplicates are a bonus
-    print(f"\nrelay duplicate 10% reorder 25%: 2 MiB booted in {took:.1f} s; relay {counts}")
+    boot_times(f"relay duplicate 10% reorder 25%: 2 MiB booted in {took:.1f} s; relay {counts}")
 
 
 # ---- the server restarted mid-boot ------------------------------------------------------
@@ -222,7 +227,8 @@ def _kill_mid_boot(lab: Lab, srv: Host, sled: Host, want: Path, server_args: lis
     return client, save
 
 
-def test_restart_single_image_server_mid_boot(lab: Lab, images: dict, tmp_path: Path) -> None:
+def test_restart_single_image_server_mid_boot(lab: Lab, images: dict, tmp_path: Path,
+                                              boot_times: Callable[[str], None]) -> None:
     srv, sled = lab.pair()
     img, raw = images["big"]
     args = [srv.ifname, str(img), "any"]
@@ -235,12 +241,13 @@ def test_restart_single_image_server_mid_boot(lab: Lab, images: dict, tmp_path: 
     assert save.read_bytes() == raw
     assert has_event(log2, "start", mac=sled.mac())  # the session resumed
     assert has_event(log2, "finished", mac=sled.mac())
-    print(f"\nserver killed mid-boot and restarted (one image): 24 MiB booted in "
-          f"{time.monotonic() - started:.1f} s, {result['retransmits']} retransmissions")
+    boot_times(f"server killed mid-boot and restarted (one image): 24 MiB booted in "
+               f"{time.monotonic() - started:.1f} s, {result['retransmits']} retransmissions")
 
 
 def test_restart_multi_image_server_mid_boot_resets(lab: Lab, images: dict,
-                                                    tmp_path: Path) -> None:
+                                                    tmp_path: Path,
+                                                    boot_times: Callable[[str], None]) -> None:
     srv, sled = lab.pair()
     img, _ = images["big"]
     args = ["--image", str(images["other1"][0]), srv.ifname, str(img), "any"]
@@ -255,8 +262,8 @@ def test_restart_multi_image_server_mid_boot_resets(lab: Lab, images: dict,
     assert not save.exists()
     assert has_event(log2, "reset", mac=sled.mac())
     assert not has_event(log2, "start")
-    print(f"\nserver killed mid-boot and restarted (two images): sled reset after "
-          f"{time.monotonic() - started:.1f} s")
+    boot_times(f"server killed mid-boot and restarted (two images): sled reset after "
+               f"{time.monotonic() - started:.1f} s")
 
 
 # ---- the image file changed under a running boot -----------------------------------------
@@ -283,7 +290,8 @@ def _finish_slow_boot(client: subprocess.Popen[str], sled: Host, save: Path,
     return result
 
 
-def test_image_replaced_during_boot(lab: Lab, images: dict, tmp_path: Path) -> None:
+def test_image_replaced_during_boot(lab: Lab, images: dict, tmp_path: Path,
+                                    boot_times: Callable[[str], None]) -> None:
     srv, sled_a, sled_b = lab.bridge(3)
     orig_img, orig_raw = images["small"]
     served = tmp_path / "served.img"
@@ -312,13 +320,14 @@ def test_image_replaced_during_boot(lab: Lab, images: dict, tmp_path: Path) -> N
     assert status == 0 and result["verified"], result
     assert saved.read_bytes() == new_raw
     assert not has_event(log, "error")
-    print(f"\nimage replaced mid-boot: old boot finished with the old bytes, new boots got "
-          f"the new file; {time.monotonic() - started:.1f} s")
+    boot_times(f"image replaced mid-boot: old boot finished with the old bytes, new boots got "
+               f"the new file; {time.monotonic() - started:.1f} s")
 
 
 @pytest.mark.parametrize("how", ["truncate", "delete"])
 def test_image_truncated_or_deleted_during_boot(lab: Lab, images: dict, tmp_path: Path,
-                                                how: str) -> None:
+                                                how: str,
+                                                boot_times: Callable[[str], None]) -> None:
     srv, sled = lab.pair()
     orig_img, orig_raw = images["small"]
     served = tmp_path / "served.img"
@@ -353,6 +362,6 @@ def test_image_truncated_or_deleted_during_boot(lab: Lab, images: dict, tmp_path
     status, result, saved = netboot(sled, orig_img, tmp_path, timeout=30)
     assert status == 0 and result["verified"], result
     assert saved.read_bytes() == orig_raw
-    print(f"\nimage {how}d mid-boot: running boot kept its bytes, the file was refused "
-          f"({errors[0]['message']!r}), then served again once restored; "
-          f"{time.monotonic() - started:.1f} s")
+    boot_times(f"image {how}d mid-boot: running boot kept its bytes, the file was refused "
+               f"({errors[0]['message']!r}), then served again once restored; "
+               f"{time.monotonic() - started:.1f} s")

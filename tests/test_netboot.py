@@ -10,6 +10,7 @@ import random
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -212,7 +213,8 @@ def _dropped(host: Host) -> int:
     return int(out.split("packets ")[1].split()[0])
 
 
-def test_boot_survives_5_percent_data_loss(lab: Lab, images: dict, tmp_path: Path) -> None:
+def test_boot_survives_5_percent_data_loss(lab: Lab, images: dict, tmp_path: Path,
+                                           boot_times: Callable[[str], None]) -> None:
     srv, sled = lab.pair()
     img, raw = images["small"]
     _drop_data(sled, 5)
@@ -224,8 +226,8 @@ def test_boot_survives_5_percent_data_loss(lab: Lab, images: dict, tmp_path: Pat
     assert status == 0 and result["verified"], result
     assert saved.read_bytes() == raw
     assert _dropped(sled) > 0 and result["retransmits"] > 0
-    print(f"5% DATA loss: 1 MiB booted in {time.monotonic() - started:.1f} s, "
-          f"{result['retransmits']} retransmissions, {_dropped(sled)} frames dropped")
+    boot_times(f"5% DATA loss, 1 sled (-s): 1 MiB booted in {time.monotonic() - started:.1f} s, "
+               f"{result['retransmits']} retransmissions, {_dropped(sled)} frames dropped")
 
 
 def test_read_with_scattered_slots_is_served_in_full(lab: Lab, images: dict,
