@@ -146,30 +146,58 @@ def test_boot_survives_read_loss(lab: Lab, images: dict, tmp_path: Path,
                f"dropped, {result['retransmits']} retransmissions")
 
 
-def test_eight_sleds_with_data_loss(lab: Lab, images: dict, tmp_path: Path,
-                                   boot_times: Callable[[str], None]) -> None:
+@pytest.fixture(scope="module")
+def image_4m(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, bytes]:
+    """4 MiB: 32 batches a sled, so 8 sleds send enough READs (256) that a
+    5% loss of them certainly drops some (0.95**256 < 1e-5)."""
+    d = tmp_path_factory.mktemp("img4m")
+    raw = raw_image(4 << 20, 8)
+    (d / "4m.raw").write_bytes(raw)
+    build_image(d / "4m.raw", d / "4m.img", target_size=64 << 20, image_name="4m")
+    return d / "4m.img", raw
+
+
+@pytest.mark.parametrize(("kind", "percent"), [("DATA", 1), ("DATA", 5), ("DATA", 20),
+                                               ("READ", 5)],
+                         ids=["data-1", "data-5", "data-20", "read-5"])
+def test_eight_sleds_with_loss(lab: Lab, images: dict, image_4m: tuple[Path, bytes],
+                               tmp_path: Path, kind: str, percent: int,
+                               boot_times: Callable[[str], None]) -> None:
+    """8 sleds on a bridge boot at once, each losing `percent`% of the DATA
+    sent to it (dropped at its own ingress), or the server losing
+    `percent`% of all the READs (at its ingress)."""
     hosts = lab.bridge(9)
     srv, sleds = hosts[0], hosts[1:]
-    img, raw = images["small"]
-    for sled in sleds:
-        _drop_data(sled, 5)
+    if kind == "DATA":
+        img, raw = images["small"]  # 1 MiB, the smallest the client takes
+        for sled in sleds:
+            _drop_data(sled, percent)
+    else:
+        img, raw = image_4m
+        _drop_data(srv, percent, msg_type=0x9003)
     log = tmp_path / "server.log"
     bootserver(lab, srv, ["--json", srv.ifname, str(img), "any"], log)
     wait_listening(log)
     started = time.monotonic()
     procs = [(sled, start_netboot(sled, img, tmp_path / f"{sled.ns}.raw", 150))
              for sled in sleds]
-    times = []
+    times, retransmits = [], 0
     for sled, p in procs:
         status, result, err = finish(p, 200)
         assert status == 0 and result["verified"], (result, err)
         assert (tmp_path / f"{sled.ns}.raw").read_bytes() == raw
-        assert _dropped(sled) > 0
+        if kind == "DATA":
+            assert _dropped(sled) > 0
         times.append(result["total_seconds"])
+        retransmits += result["retransmits"]
+    took = time.monotonic() - started
+    dropped = sum(_dropped(s) for s in sleds) if kind == "DATA" else _dropped(srv)
+    assert dropped > 0 and retransmits > 0
     finished = {e["mac"] for e in events(log) if e["event"] == "finished"}
     assert finished == {s.mac() for s in sleds}
-    boot_times(f"5% DATA loss, 8 sleds: all booted 1 MiB within "
-               f"{time.monotonic() - started:.1f} s (each {min(times):.1f}..{max(times):.1f} s)")
+    boot_times(f"{percent}% {kind} loss, 8 sleds: all booted {len(raw) >> 20} MiB within "
+               f"{took:.1f} s (each {min(times):.1f}..{max(times):.1f} s), {dropped} {kind} "
+               f"dropped, {retransmits} retransmissions")
 
 
 # ---- duplicated and reordered frames ------------------------------------------------
