@@ -573,7 +573,8 @@ def cmd_relay(args: argparse.Namespace) -> None:
                     counts["reordered"] += 1
                     continue
                 out(dst, buf)
-                if ours and rng.random() * 100 < args.dup:
+                dup = args.dup_read if typ == READ and args.dup_read is not None else args.dup
+                if ours and rng.random() * 100 < dup:
                     out(dst, buf)
                     counts[f"duplicated_{typ:x}"] += 1
     for _, sock, buf in held:
@@ -611,6 +612,7 @@ def main() -> None:
     r.add_argument("if_a", help="the server's side")
     r.add_argument("if_b", help="the sled's side")
     r.add_argument("--dup", type=float, default=10)
+    r.add_argument("--dup-read", type=float, help="for READs (default: --dup)")
     r.add_argument("--reorder", type=float, default=25)
     r.add_argument("--delay", type=float, default=2, help="milliseconds")
     r.add_argument("--seed", type=int, default=1)
