@@ -11,10 +11,12 @@ import os
 import random
 import re
 import resource
+import select
 import signal
 import subprocess
 import time
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
@@ -761,6 +763,139 @@ def test_extract_write_failure_mid_run(tmp_path: Path) -> None:
     one_line_error(r)
     assert out.read_bytes() == b"old raw image"
     assert temps(tmp_path) == []
+
+
+class SmallDisk:
+    """A small tmpfs (a disk that fills up), mounted in a private mount
+    namespace held by one process: the tools run in that namespace
+    (nsenter), the test reaches its files through /proc/PID/root. Nothing
+    is mounted where anyone else looks, and the mount goes with the process
+    even if the test run is killed."""
+
+    def __init__(self, where: Path, size: str = "512k") -> None:
+        where.mkdir()
+        self.path = where
+        script = ('mount -t tmpfs -o "size=$1,mode=0755" oxboot-test "$2" && echo ready '
+                  '&& exec sleep 600')
+        self.proc = subprocess.Popen(
+            ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", script, "sh",
+             size, str(where)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+        assert self.proc.stdout is not None
+        ready, _, _ = select.select([self.proc.stdout], [], [], 10)
+        line = self.proc.stdout.readline() if ready else ""
+        if line.strip() != "ready":
+            self.close()
+            pytest.fail(f"cannot mount a tmpfs in a new mount namespace: {line!r} "
+                        f"{self.proc.stderr.read() if self.proc.stderr else ''}")
+        # Not visible from here.
+        assert str(where) not in Path("/proc/self/mountinfo").read_text()
+
+    def outside(self, name: str) -> Path:
+        """`name` on the tmpfs, as the test (outside the namespace) reaches it."""
+        return Path(f"/proc/{self.proc.pid}/root") / self.path.relative_to("/") / name
+
+    def run(self, args: list[str], timeout: float = 60) -> Run:
+        """A console script run where the tmpfs is mounted."""
+        p = subprocess.run(["nsenter", "-t", str(self.proc.pid), "-m", "--",
+                            *command(args[0]), *args[1:]], capture_output=True, timeout=timeout)
+        return Run(p.returncode, p.stdout.decode(), p.stderr.decode())
+
+    def remount_read_only(self) -> None:
+        subprocess.run(["nsenter", "-t", str(self.proc.pid), "-m", "--", "mount", "-o",
+                        "remount,ro", str(self.path)], check=True, capture_output=True)
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.communicate(timeout=10)
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[SmallDisk]:
+    """A 512 KiB tmpfs at tmp_path/disk, mounted for the tools only."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root (CI runs as root)")
+    disk = SmallDisk(tmp_path / "disk")
+    try:
+        yield disk
+    finally:
+        disk.close()
+
+
+@pytest.mark.parametrize("codec", ["none", "zlib", "zstd"])
+def test_mkimage_full_disk(small_disk: SmallDisk, tmp_path: Path, codec: str) -> None:
+    """A real ENOSPC half way through: a 1 MiB image onto a 512 KiB tmpfs."""
+    src = tmp_path / "in.raw"
+    src.write_bytes(noise(MIB, seed=5))  # does not compress: every codec writes ~1 MiB
+    small_disk.outside("out.img").write_bytes(OLD_IMG)
+    small_disk.outside("out.csum").write_bytes(OLD_CSUM)
+    img, csum = small_disk.path / "out.img", small_disk.path / "out.csum"
+    r = small_disk.run(["mkimage", "-i", str(src), "-o", str(img), "-O", str(csum),
+                        "--codec", codec])
+    one_line_error(r)
+    assert r.status == 1 and r.stdout == ""
+    assert f"{img}: No space left on device" in r.stderr
+    assert small_disk.outside("out.img").read_bytes() == OLD_IMG
+    assert small_disk.outside("out.csum").read_bytes() == OLD_CSUM
+    assert sorted(p.name for p in small_disk.outside("").iterdir()) == ["out.csum", "out.img"]
+    # The space is free again: an image that fits is written.
+    src.write_bytes(noise(256 * 1024, seed=5))
+    r = small_disk.run(["mkimage", "-i", str(src), "-o", str(img), "--codec", codec])
+    assert r.status == 0, r.stderr
+    assert verify_image(small_disk.outside("out.img")).header.image_size == 256 * 1024
+
+
+@pytest.mark.parametrize("codec", ["none", "zlib", "zstd"])
+def test_extract_full_disk(small_disk: SmallDisk, images: dict[str, Path], codec: str) -> None:
+    small_disk.outside("out.raw").write_bytes(b"old raw image")
+    out = small_disk.path / "out.raw"
+    r = small_disk.run(["oxboot", "extract", str(images[codec]), "-o", str(out)])
+    one_line_error(r)
+    assert r.status == 1 and r.stdout == ""
+    assert f"{out}: No space left on device" in r.stderr
+    assert small_disk.outside("out.raw").read_bytes() == b"old raw image"
+    assert [p.name for p in small_disk.outside("").iterdir()] == ["out.raw"]
+
+
+@pytest.mark.parametrize("tool", ["mkimage", "extract"])
+@pytest.mark.parametrize("how", ["mode-555", "read-only-mount"])
+def test_read_only_output_directory(request: pytest.FixtureRequest, images: dict[str, Path],
+                                    tmp_path: Path, tool: str, how: str) -> None:
+    """A directory the tool may not write in (as root too: without the
+    capabilities that override file modes), or a read-only file system."""
+    src = tmp_path / "in.raw"
+    src.write_bytes(noise(64 * 1024))
+    if how == "mode-555":
+        out_dir = outside = tmp_path / "ro"
+        out_dir.mkdir()
+        run, why = run_without_dac, "Permission denied"
+    else:
+        disk: SmallDisk = request.getfixturevalue("small_disk")
+        out_dir, outside = disk.path, disk.outside("")
+        run, why = disk.run, "Read-only file system"
+    (outside / "out.img").write_bytes(OLD_IMG)
+    (outside / "out.csum").write_bytes(OLD_CSUM)
+    if how == "mode-555":
+        out_dir.chmod(0o555)
+    else:
+        disk.remount_read_only()
+    try:
+        if tool == "mkimage":
+            args = ["mkimage", "-i", str(src), "-o", str(out_dir / "out.img"), "-O",
+                    str(out_dir / "out.csum"), "-z"]
+        else:
+            args = ["oxboot", "extract", str(images["zlib"]), "-o", str(out_dir / "out.img")]
+        r = run(args)
+    finally:
+        if how == "mode-555":
+            out_dir.chmod(0o755)
+    one_line_error(r)
+    assert r.status == 1 and r.stdout == ""
+    assert f"{out_dir / 'out.img'}: {why}" in r.stderr
+    assert (outside / "out.img").read_bytes() == OLD_IMG
+    assert (outside / "out.csum").read_bytes() == OLD_CSUM
+    assert sorted(p.name for p in outside.iterdir()) == ["out.csum", "out.img"]
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
