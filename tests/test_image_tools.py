@@ -3,6 +3,7 @@ files), plus the Python API where the behaviour is not user-visible."""
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import hashlib
 import importlib.util
@@ -13,6 +14,7 @@ import re
 import resource
 import select
 import signal
+import struct
 import subprocess
 import time
 import zlib
@@ -762,6 +764,98 @@ def test_extract_write_failure_mid_run(tmp_path: Path) -> None:
     r = Run(p.returncode, p.stdout.decode(), p.stderr.decode())
     one_line_error(r)
     assert out.read_bytes() == b"old raw image"
+    assert temps(tmp_path) == []
+
+
+class ReadGate:
+    """Holds each read(2) of one file until the test lets it through:
+    fanotify permission events (FAN_ACCESS_PERM) make the reader wait in
+    the kernel for our answer. Closing the gate lets everything through."""
+
+    FAN_CLOEXEC, FAN_CLASS_CONTENT, FAN_ACCESS_PERM = 0x1, 0x4, 0x20000
+    FAN_MARK_ADD, FAN_ALLOW = 0x1, 0x1
+    EVENT = struct.Struct("=IBBHQii")  # struct fanotify_event_metadata
+
+    def __init__(self, path: Path) -> None:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.fanotify_mark.argtypes = [ctypes.c_int, ctypes.c_uint, ctypes.c_uint64,
+                                       ctypes.c_int, ctypes.c_char_p]
+        self.fd = libc.fanotify_init(self.FAN_CLOEXEC | self.FAN_CLASS_CONTENT, os.O_RDONLY)
+        if self.fd < 0:
+            pytest.fail(f"fanotify_init: {os.strerror(ctypes.get_errno())}")
+        if libc.fanotify_mark(self.fd, self.FAN_MARK_ADD, self.FAN_ACCESS_PERM, -100,
+                              os.fsencode(path)) != 0:
+            err = ctypes.get_errno()
+            self.close()
+            pytest.fail(f"fanotify_mark: {os.strerror(err)}")
+
+    def next_read(self, timeout: float = 20) -> int:
+        """Wait for the next read of the file; returns the reader's pid. The
+        read waits until :meth:`allow` (or :meth:`close`)."""
+        ready, _, _ = select.select([self.fd], [], [], timeout)
+        assert ready, "no read of the input within the timeout"
+        buf = os.read(self.fd, self.EVENT.size)  # one event at a time
+        _, _, _, _, mask, self._event_fd, pid = self.EVENT.unpack(buf)
+        assert mask & self.FAN_ACCESS_PERM, hex(mask)
+        return pid
+
+    def allow(self) -> None:
+        os.write(self.fd, struct.pack("=iI", self._event_fd, self.FAN_ALLOW))
+        os.close(self._event_fd)
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+@pytest.mark.parametrize("codec", ["none", "zlib"])
+@pytest.mark.parametrize("change", ["grow", "shrink", "shrink-below-read"])
+def test_input_changing_size_while_read(tmp_path: Path, codec: str, change: str) -> None:
+    """The input file grows or shrinks after mkimage has read 3 of its
+    8 MiB. Deterministic: each of mkimage's reads waits for the test's
+    go-ahead (fanotify), and the 4th waits while the file changes."""
+    if os.geteuid() != 0:
+        pytest.skip("fanotify permission events need root (CI runs as root)")
+    size = 8 * MIB + 4096
+    src = tmp_path / "in.raw"
+    src.write_bytes(noise(size, seed=8))
+    img, csum = tmp_path / "out.img", tmp_path / "out.csum"
+    img.write_bytes(OLD_IMG)
+    csum.write_bytes(OLD_CSUM)
+    gate = ReadGate(src)
+    p = None
+    try:
+        p = subprocess.Popen([*command("mkimage"), "-i", str(src), "-o", str(img), "-O",
+                              str(csum), "--codec", codec],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        for _ in range(3):  # 3 reads of 1 MiB
+            assert gate.next_read() == p.pid
+            gate.allow()
+        assert gate.next_read() == p.pid  # the 4th read waits
+        assert temps(tmp_path), "mkimage reads before it creates its output?"
+        if change == "grow":
+            with open(src, "ab") as f:
+                f.write(b"more" * 1000)
+        elif change == "shrink":
+            os.truncate(src, 5 * MIB + 17)
+        else:
+            os.truncate(src, 2 * MIB)  # less than was read already
+        gate.allow()
+        gate.close()
+        out, err = p.communicate(timeout=60)
+    finally:
+        gate.close()
+        if p is not None and p.poll() is None:
+            p.kill()
+            p.wait()
+    r = Run(p.returncode, out.decode(), err.decode())
+    one_line_error(r)
+    assert r.status == 1 and r.stdout == ""
+    now = src.stat().st_size
+    read = {"grow": now, "shrink": now, "shrink-below-read": 3 * MIB}[change]
+    assert f"input changed size while being read ({size} bytes, then {read})" in r.stderr
+    assert img.read_bytes() == OLD_IMG and csum.read_bytes() == OLD_CSUM
     assert temps(tmp_path) == []
 
 
