@@ -134,6 +134,34 @@ def test_lookimage_corruptions(name: str, which: int, manifest: dict, vectors: P
         assert case["stdout"].startswith(r.stdout)
 
 
+@pytest.mark.parametrize("name", _load_ids("corruptions"))
+def test_extract_corruptions(name: str, manifest: dict, vectors: Path, tmp_path: Path) -> None:
+    """extract on every corrupt vector: it writes exactly what lookimage
+    (without -s) accepts, the verified raw image, and otherwise fails the
+    same way, with nothing written."""
+    item = _by(manifest, "corruptions", "file", name)
+    full = item["lookimage"][0]
+    assert shlex.split(full["command"]) == ["lookimage", name]
+    out = tmp_path / "x.raw"
+    r = run_cli(["oxboot", "extract", str(vectors / name), "-o", str(out)])
+    if full["exit_status"] == 0:
+        # Accepted by the OS too (extra flag bits, a leading NUL in the
+        # name, non-zero reserved bytes).
+        assert r.status == 0, r.stderr
+        assert "Traceback" not in r.stderr
+        header = Header.parse((vectors / name).read_bytes()[:HEADER_SIZE])
+        raw = out.read_bytes()
+        assert len(raw) == header.image_size
+        assert hashlib.sha256(raw).digest() == header.sha256
+        assert [p.name for p in tmp_path.iterdir()] == ["x.raw"]
+        return
+    one_line_error(r)
+    assert r.status == 1 and r.stdout == ""
+    look = run_cli(["lookimage", str(vectors / name)])
+    assert r.stderr == look.stderr  # the same rule, in the same words
+    assert list(tmp_path.iterdir()) == []  # no output, no temporary
+
+
 @pytest.mark.parametrize("item_id", _load_ids("misc"))
 def test_misc_errors(item_id: str, manifest: dict, vectors: Path, tmp_path: Path) -> None:
     item = _by(manifest, "misc", "id", item_id)
