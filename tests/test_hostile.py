@@ -27,7 +27,7 @@ from test_netboot import (
 )
 
 from oxboot import build_image
-from oxboot.netlab import Host, Lab, wait_for
+from oxboot.netlab import Host, Lab, sh, wait_for
 from oxboot.protocol import encode_dataset
 from oxboot.verify import read_header
 
@@ -361,6 +361,38 @@ def test_foreign_frames_are_ignored(lab: Lab, images: dict, tmp_path: Path, allo
     assert not [e for e in events(log) if e["event"] in ("start", "reset", "finished")]
     offers = [e for e in events(log) if e["event"] == "offer"]
     assert {e["mac"] for e in offers} == {control}
+
+
+def test_only_the_given_interface_is_served(lab: Lab, images: dict, tmp_path: Path) -> None:
+    """The server's namespace has a second interface, to another host: a
+    HELLO and READs sent to it there get nothing back (the other host
+    captures every frame of the protocol that comes out of it), while the
+    same frames on the configured interface are answered."""
+    srv, sled = lab.pair()
+    x, other = lab.pair()
+    sh("ip", "-n", x.ns, "link", "set", x.ifname, "netns", srv.ns)
+    second = Host(srv.ns, x.ifname)
+    sh("ip", "-n", srv.ns, "link", "set", second.ifname, "up")
+    img, raw = images["small"]
+    log = tmp_path / "server.log"
+    bootserver(lab, srv, ["--json", srv.ifname, str(img), "any"], log)
+    wait_listening(log)
+
+    def script(server_macs: list[str]) -> list[dict]:
+        # A READ from a host without a session is answered when one image
+        # is served (a resume), so READs alone would be answered too.
+        return [{"send": {"type": "hello", "dst": "broadcast"}}, {"wait": 0.3},
+                *({"send": {"type": "read", "dst": m, "slots": {"1": 1024}}}
+                  for m in server_macs),
+                {"wait": 1.0}]
+
+    got = rawpeer(other, script([srv.mac(), second.mac()]))
+    assert got["frames"] == [], got["frames"]
+    got = rawpeer(sled, script([srv.mac()]))
+    kinds = [(f.get("type"), f["src"], f["dst"]) for f in got["frames"]]
+    assert kinds == [("Offer", srv.mac(), sled.mac()), ("Data", srv.mac(), sled.mac())], kinds
+    macs = {e.get("mac") for e in events(log) if e["event"] in ("offer", "start", "reset")}
+    assert macs == {sled.mac()}, events(log)
 
 
 # ---- a HELLO flood from many hosts -------------------------------------------------------
