@@ -72,6 +72,15 @@ long ox_rx_data_wait(int fd, const uint8_t *self_mac, const uint8_t *server, uin
                      size_t *other_len, size_t max_frames, int timeout_ms,
                      ox_rx_stats *stats);
 
+typedef struct ox_rxring ox_rxring;
+ox_rxring *ox_rxring_open(int fd, unsigned frames);
+void ox_rxring_close(ox_rxring *r);
+long ox_rxring_data_wait(ox_rxring *r, const uint8_t *self_mac, const uint8_t *server,
+                         uint8_t *ram, uint64_t ram_len, uint64_t *slot_offsets,
+                         uint8_t *slot_busy, uint32_t *busy_count, uint8_t *other,
+                         size_t other_cap, size_t *other_len, size_t max_frames,
+                         int timeout_ms, ox_rx_stats *stats);
+
 long ox_parse_data(const uint8_t *frame, size_t len, uint64_t *offset,
                    int *exact);
 long ox_read_offsets(const uint8_t *frame, size_t len, uint64_t *out);
@@ -148,7 +157,7 @@ ffibuilder.set_source(
     "oxboot._core",
     '#include "oxboot.h"',
     # Paths are relative to the project root, where setuptools runs this.
-    sources=["csrc/oxboot.c", "csrc/txring.c", "csrc/deflate.c"],
+    sources=["csrc/oxboot.c", "csrc/txring.c", "csrc/rxring.c", "csrc/deflate.c"],
     include_dirs=["csrc"],
     libraries=["crypto", "deflate", "z"],
     extra_compile_args=_cflags,

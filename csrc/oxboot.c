@@ -391,6 +391,78 @@ static void rx_setup(struct mmsghdr *msg, struct iovec *iov, uint8_t (*buf)[RX_F
     }
 }
 
+int ox_rx_target_ok(const ox_rx_target *t)
+{
+    return t->self_mac != NULL && t->server != NULL && (t->ram != NULL || t->ram_len == 0) &&
+           t->slot_offsets != NULL && t->slot_busy != NULL && t->busy_count != NULL &&
+           t->other_len != NULL && t->stats != NULL && (t->other != NULL || t->other_cap == 0);
+}
+
+void ox_rx_data_frame(ox_rx_target *t, const uint8_t *f, size_t flen, int truncated)
+{
+    static const uint8_t bcast[6] = {0xff, 0xff, 0xff, 0xff, 0xff, 0xff};
+    ox_rx_stats *stats = t->stats;
+    uint64_t off = 0;
+    int exact = 0;
+    long n;
+
+    if (flen >= 6 && memcmp(f, t->self_mac, 6) != 0 && memcmp(f, bcast, 6) != 0)
+        return; /* another host's frame, flooded by a bridge */
+    if (truncated || flen > RX_FRAME || flen < OX_ETH_HLEN + OX_HDR_LEN) {
+        stats->bad++;
+        return;
+    }
+    n = memcmp(f + 6, t->server, 6) == 0 ? ox_parse_data(f, flen, &off, &exact) : -1;
+    if (n < 0 || !exact) {
+        /* Not a well-formed DATA from our server: a padded DATA (the OS
+         * panics on it), OFFER, RESET or a stranger's frame. Let Python
+         * decide; the caller stops here so frames stay in order. */
+        if (n >= 0)
+            stats->padded++;
+        if (t->other != NULL && *t->other_len == 0 && flen <= t->other_cap) {
+            memcpy(t->other, f, flen);
+            *t->other_len = flen;
+        } else {
+            stats->bad++;
+        }
+        return;
+    }
+    /* DATA mostly arrives in slot order: try the slot after the last one
+     * filled before scanning all of them. */
+    int slot = -1;
+    if (t->slot_busy[t->hint] && t->slot_offsets[t->hint] == off) {
+        slot = t->hint;
+    } else {
+        for (int s = 0; s < OX_SLOTS; s++) {
+            if (t->slot_busy[s] && t->slot_offsets[s] == off) {
+                slot = s;
+                break;
+            }
+        }
+    }
+    if (slot < 0) {
+        stats->data_stray++;
+        return;
+    }
+    t->slot_busy[slot] = 0;
+    t->hint = (slot + 1) % OX_SLOTS;
+    if (*t->busy_count > 0)
+        (*t->busy_count)--;
+    stats->data_ok++;
+    if (n == 0) {
+        stats->eof++;
+        return;
+    }
+    if (off < t->ram_len) {
+        uint64_t room = t->ram_len - off;
+        size_t m = (uint64_t)n < room ? (size_t)n : (size_t)room;
+        memcpy(t->ram + off, f + OX_DATA_HLEN, m);
+        stats->bytes += m;
+        if (off + m > stats->extent)
+            stats->extent = off + m;
+    }
+}
+
 long ox_rx_data(int fd, const uint8_t *self_mac, const uint8_t *server, uint8_t *ram,
                 uint64_t ram_len, uint64_t *slot_offsets, uint8_t *slot_busy,
                 uint32_t *busy_count, uint8_t *other, size_t other_cap,
@@ -400,14 +472,11 @@ long ox_rx_data(int fd, const uint8_t *self_mac, const uint8_t *server, uint8_t 
     struct iovec iov[RX_BATCH];
     struct mmsghdr msg[RX_BATCH];
     struct sockaddr_ll from[RX_BATCH];
+    ox_rx_target t = {self_mac, server, ram, ram_len, slot_offsets, slot_busy, busy_count,
+                          other, other_cap, other_len, stats, 0};
     size_t total = 0;
-    int hint = 0;
 
-    static const uint8_t bcast[6] = {0xff, 0xff, 0xff, 0xff, 0xff, 0xff};
-
-    if (self_mac == NULL || server == NULL || (ram == NULL && ram_len != 0) || slot_offsets == NULL ||
-        slot_busy == NULL || busy_count == NULL || other_len == NULL ||
-        stats == NULL || (other == NULL && other_cap != 0))
+    if (!ox_rx_target_ok(&t))
         return -1;
     *other_len = 0;
 
@@ -425,71 +494,12 @@ long ox_rx_data(int fd, const uint8_t *self_mac, const uint8_t *server, uint8_t 
         if (r == 0)
             break;
         for (int i = 0; i < r; i++) {
-            const uint8_t *f = buf[i];
-            size_t flen = msg[i].msg_len;
-            uint64_t off = 0;
-            int exact = 0;
-            long n;
             total++;
             stats->frames++;
             if (from[i].sll_pkttype == PACKET_OUTGOING)
                 continue;
-            if (flen >= 6 && memcmp(f, self_mac, 6) != 0 && memcmp(f, bcast, 6) != 0)
-                continue; /* another host's frame, flooded by a bridge */
-            if ((msg[i].msg_hdr.msg_flags & MSG_TRUNC) || flen > RX_FRAME ||
-                flen < OX_ETH_HLEN + OX_HDR_LEN) {
-                stats->bad++;
-                continue;
-            }
-            n = memcmp(f + 6, server, 6) == 0 ? ox_parse_data(f, flen, &off, &exact) : -1;
-            if (n < 0 || !exact) {
-                /* Not a well-formed DATA from our server: a padded DATA (the
-                 * OS panics on it), OFFER, RESET or a stranger's frame. Let
-                 * Python decide; stop here so frames stay in order. */
-                if (n >= 0)
-                    stats->padded++;
-                if (other != NULL && *other_len == 0 && flen <= other_cap) {
-                    memcpy(other, f, flen);
-                    *other_len = flen;
-                } else {
-                    stats->bad++;
-                }
-                continue;
-            }
-            /* DATA mostly arrives in slot order: try the slot after the
-             * last one filled before scanning all of them. */
-            int slot = -1;
-            if (slot_busy[hint] && slot_offsets[hint] == off) {
-                slot = hint;
-            } else {
-                for (int s = 0; s < OX_SLOTS; s++) {
-                    if (slot_busy[s] && slot_offsets[s] == off) {
-                        slot = s;
-                        break;
-                    }
-                }
-            }
-            if (slot < 0) {
-                stats->data_stray++;
-                continue;
-            }
-            slot_busy[slot] = 0;
-            hint = (slot + 1) % OX_SLOTS;
-            if (*busy_count > 0)
-                (*busy_count)--;
-            stats->data_ok++;
-            if (n == 0) {
-                stats->eof++;
-                continue;
-            }
-            if (off < ram_len) {
-                uint64_t room = ram_len - off;
-                size_t m = (uint64_t)n < room ? (size_t)n : (size_t)room;
-                memcpy(ram + off, f + OX_DATA_HLEN, m);
-                stats->bytes += m;
-                if (off + m > stats->extent)
-                    stats->extent = off + m;
-            }
+            ox_rx_data_frame(&t, buf[i], msg[i].msg_len,
+                          (msg[i].msg_hdr.msg_flags & MSG_TRUNC) != 0);
         }
         /* Hand a non-DATA frame to Python before reading further. */
         if ((size_t)r < want || *other_len != 0)

@@ -177,6 +177,44 @@ long ox_rx_data_wait(int fd, const uint8_t *self_mac, const uint8_t *server, uin
                      ox_rx_stats *stats);
 
 /*
+ * The same through a PACKET_RX_RING (TPACKET_V2) set up on fd, the sled's
+ * socket (no frames may be read from it with recv() while the ring is up).
+ * ox_rxring_open: NULL with errno set on failure. ox_rxring_data_wait works
+ * as ox_rx_data_wait, except that when no slot is busy on entry it returns
+ * as soon as it has read anything. ox_rxring_close unmaps the ring (the
+ * socket keeps it until closed), before or after the socket is closed.
+ */
+typedef struct ox_rxring ox_rxring;
+ox_rxring *ox_rxring_open(int fd, unsigned frames);
+void ox_rxring_close(ox_rxring *r);
+long ox_rxring_data_wait(ox_rxring *r, const uint8_t *self_mac, const uint8_t *server,
+                         uint8_t *ram, uint64_t ram_len, uint64_t *slot_offsets,
+                         uint8_t *slot_busy, uint32_t *busy_count, uint8_t *other,
+                         size_t other_cap, size_t *other_len, size_t max_frames,
+                         int timeout_ms, ox_rx_stats *stats);
+
+/* Internal to the C core (not in the cdef): what one sled receive call
+ * works on, and the handling of one received frame, shared by the recvmmsg
+ * and the ring paths. ox_rx_data_frame: a DATA frame from the server for a
+ * busy slot goes into the ramdisk; the first other frame is kept in
+ * `other` for Python (the callers stop there, so frames stay in order). */
+typedef struct {
+    const uint8_t *self_mac, *server;
+    uint8_t *ram;
+    uint64_t ram_len;
+    uint64_t *slot_offsets;
+    uint8_t *slot_busy;
+    uint32_t *busy_count;
+    uint8_t *other;
+    size_t other_cap;
+    size_t *other_len;
+    ox_rx_stats *stats;
+    int hint; /* the slot after the last one filled */
+} ox_rx_target;
+int ox_rx_target_ok(const ox_rx_target *t);
+void ox_rx_data_frame(ox_rx_target *t, const uint8_t *f, size_t flen, int truncated);
+
+/*
  * The offsets a server must serve for one received READ frame (Ethernet
  * header included), written to out[0..n): every non-zero slot of all 128,
  * duplicates once, in slot order, plus offset 0 first when fewer slots are

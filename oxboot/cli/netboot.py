@@ -7,7 +7,7 @@ import sys
 from collections.abc import Sequence
 
 from oxboot.cli.common import Parser, UsageError, emit_json, fail, run
-from oxboot.client import netboot, want_from_image
+from oxboot.client import RECEIVE_METHODS, netboot, want_from_image
 from oxboot.link import LinkError
 from oxboot.progress import human
 from oxboot.protocol import ClientSession
@@ -27,6 +27,9 @@ def build_parser(prog: str = "oxboot netboot") -> Parser:
     p.add_argument("-t", "--timeout", type=float, metavar="SECONDS",
                    help="give up after SECONDS (default: never)")
     p.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
+    p.add_argument("--receive", choices=RECEIVE_METHODS, default="ring",
+                   help="how DATA is received: a PACKET_RX_RING read in place (default) "
+                        "or recvmmsg (for diagnosis)")
     return p
 
 
@@ -50,7 +53,7 @@ def _body(args: argparse.Namespace) -> int:
 
     try:
         result = netboot(args.link, want, timeout=args.timeout, save=args.save,
-                         on_progress=progress)
+                         on_progress=progress, receive=args.receive)
     except LinkError as e:
         raise UsageError(e.strerror or str(e)) from None
     if tty:

@@ -1,0 +1,209 @@
+/*
+ * DATA receive through a PACKET_RX_RING (TPACKET_V2), for the emulated sled.
+ *
+ * With recvmmsg the receiving process pays for every frame: its share of
+ * the system call, dequeuing the skb under the socket lock, copying it out
+ * and freeing it. With a ring the kernel copies each frame into memory
+ * shared with us as it arrives (on a veth, in the sender's softirq) and
+ * frees the skb there; the sled reads frames in place with no system call
+ * while they keep coming, and sleeps in poll() only when the ring is empty.
+ * V2 rather than V3: V3 hands over whole blocks, which a lock-step protocol
+ * (128 frames, then the next READ) would leave waiting for the block
+ * timeout. See oxboot.h for the contract.
+ */
+#define _GNU_SOURCE
+#include "oxboot.h"
+
+#include <errno.h>
+#include <poll.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <linux/if_packet.h>
+
+struct ox_rxring {
+    int fd;
+    uint8_t *map;
+    size_t map_len;
+    unsigned frame_nr;
+    unsigned head; /* the next frame the kernel hands us */
+};
+
+#define RXRING_FRAME 2048u        /* a whole DATA frame and the kernel's header */
+#define RXRING_BLOCK (64u * 1024u) /* frames never straddle blocks: a multiple of the frame */
+#define RXRING_MAX_FRAMES (1u << 20)
+/* How long to look for the next frame of a burst before sleeping; measured
+ * in bench/notes.md (a 256 MiB boot). */
+#define RXRING_SPIN_NS 20000u
+
+/* Where the kernel puts the frame (tp_mac) is at least past its headers. */
+#define RXRING_HDRLEN (TPACKET_ALIGN(sizeof(struct tpacket2_hdr)) + sizeof(struct sockaddr_ll))
+
+ox_rxring *ox_rxring_open(int fd, unsigned frames)
+{
+    const unsigned per_block = RXRING_BLOCK / RXRING_FRAME;
+    struct tpacket_req req;
+    int version = TPACKET_V2, one = 1;
+    ox_rxring *r;
+    void *map;
+
+    if (fd < 0 || frames == 0 || frames > RXRING_MAX_FRAMES) {
+        errno = EINVAL;
+        return NULL;
+    }
+    r = calloc(1, sizeof(*r));
+    if (r == NULL)
+        return NULL;
+    if (setsockopt(fd, SOL_PACKET, PACKET_VERSION, &version, sizeof(version)) != 0)
+        goto fail;
+    /* Our own READs would take ring slots and be skipped: not worth a copy. */
+    (void)setsockopt(fd, SOL_PACKET, PACKET_IGNORE_OUTGOING, &one, sizeof(one));
+    memset(&req, 0, sizeof(req));
+    req.tp_block_size = RXRING_BLOCK;
+    req.tp_block_nr = (frames + per_block - 1) / per_block;
+    req.tp_frame_size = RXRING_FRAME;
+    req.tp_frame_nr = req.tp_block_nr * per_block;
+    if (setsockopt(fd, SOL_PACKET, PACKET_RX_RING, &req, sizeof(req)) != 0)
+        goto fail;
+    r->map_len = (size_t)req.tp_block_size * req.tp_block_nr;
+    map = mmap(NULL, r->map_len, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    if (map == MAP_FAILED)
+        goto fail; /* the ring stays set up in the socket until it is closed */
+    r->fd = fd;
+    r->map = map;
+    r->frame_nr = req.tp_frame_nr;
+    return r;
+fail:
+    free(r);
+    return NULL;
+}
+
+void ox_rxring_close(ox_rxring *r)
+{
+    if (r == NULL)
+        return;
+    /* Only the mapping: the socket keeps its ring until it is closed, and
+     * by then it may be (the fd is not ours). */
+    munmap(r->map, r->map_len);
+    free(r);
+}
+
+static long elapsed_ms(const struct timespec *t0)
+{
+    struct timespec t;
+    if (clock_gettime(CLOCK_MONOTONIC, &t) != 0)
+        return -1;
+    return (long)(t.tv_sec - t0->tv_sec) * 1000 + (t.tv_nsec - t0->tv_nsec) / 1000000;
+}
+
+/* Take the frames the kernel has handed over, up to `max_frames`; stop at
+ * the end of the batch or at a frame for Python. */
+static size_t ring_drain(ox_rxring *r, ox_rx_target *t, size_t max_frames, int idle)
+{
+    size_t total = 0;
+    while (total < max_frames) {
+        uint8_t *frame = r->map + (size_t)r->head * RXRING_FRAME;
+        struct tpacket2_hdr *h = (struct tpacket2_hdr *)(void *)frame;
+        /* Acquire: the frame's bytes are the kernel's until it says so. */
+        uint32_t status = __atomic_load_n(&h->tp_status, __ATOMIC_ACQUIRE);
+        if (!(status & TP_STATUS_USER))
+            break;
+        uint32_t mac = h->tp_mac, snap = h->tp_snaplen;
+        const struct sockaddr_ll *from =
+            (const struct sockaddr_ll *)(const void *)(frame + TPACKET_ALIGN(sizeof(*h)));
+        total++;
+        t->stats->frames++;
+        if (from->sll_pkttype != PACKET_OUTGOING) {
+            /* The kernel's own offsets, checked all the same. */
+            if (mac < RXRING_HDRLEN || mac > RXRING_FRAME || snap > RXRING_FRAME - mac)
+                t->stats->bad++;
+            else
+                ox_rx_data_frame(t, frame + mac, snap, snap != h->tp_len);
+        }
+        /* Release: we are done reading before the kernel may write again. */
+        __atomic_store_n(&h->tp_status, TP_STATUS_KERNEL, __ATOMIC_RELEASE);
+        r->head = r->head + 1 == r->frame_nr ? 0 : r->head + 1;
+        if (*t->other_len != 0 || (!idle && *t->busy_count == 0))
+            break;
+    }
+    return total;
+}
+
+static uint64_t now_ns(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (uint64_t)t.tv_sec * 1000000000u + (uint64_t)t.tv_nsec;
+}
+
+/* 1 if a frame is waiting at the head within spin_ns, else 0. */
+static int ring_spin(ox_rxring *r, uint64_t spin_ns)
+{
+    const struct tpacket2_hdr *h =
+        (const struct tpacket2_hdr *)(const void *)(r->map + (size_t)r->head * RXRING_FRAME);
+    uint64_t until;
+    if (spin_ns == 0)
+        return 0;
+    until = now_ns() + spin_ns;
+    do {
+        for (int i = 0; i < 64; i++) {
+            if (__atomic_load_n(&h->tp_status, __ATOMIC_ACQUIRE) & TP_STATUS_USER)
+                return 1;
+#if defined(__x86_64__) || defined(__i386__)
+            __builtin_ia32_pause();
+#endif
+        }
+    } while (now_ns() < until);
+    return 0;
+}
+
+long ox_rxring_data_wait(ox_rxring *r, const uint8_t *self_mac, const uint8_t *server,
+                         uint8_t *ram, uint64_t ram_len, uint64_t *slot_offsets,
+                         uint8_t *slot_busy, uint32_t *busy_count, uint8_t *other,
+                         size_t other_cap, size_t *other_len, size_t max_frames,
+                         int timeout_ms, ox_rx_stats *stats)
+{
+    ox_rx_target t = {self_mac, server, ram, ram_len, slot_offsets, slot_busy, busy_count,
+                          other, other_cap, other_len, stats, 0};
+    struct timespec t0;
+    size_t total = 0;
+    int idle;
+
+    if (r == NULL || timeout_ms < 0 || !ox_rx_target_ok(&t)) {
+        errno = EINVAL;
+        return -1;
+    }
+    *other_len = 0;
+    /* Nothing outstanding: return with whatever arrives first. */
+    idle = *busy_count == 0;
+    if (clock_gettime(CLOCK_MONOTONIC, &t0) != 0)
+        return -1;
+    for (;;) {
+        total += ring_drain(r, &t, max_frames - total, idle);
+        if (*other_len != 0 || total >= max_frames || (idle ? total > 0 : *busy_count == 0))
+            return (long)total;
+        long spent = elapsed_ms(&t0);
+        if (spent < 0)
+            return -1;
+        if (spent >= timeout_ms)
+            return (long)total;
+        /* Within a burst (frames came in this call), look again for a
+         * while before sleeping: the next frame is a microsecond or two
+         * away, and a sleeping reader costs the sender a wake-up (an
+         * inter-processor interrupt) per frame. Waiting for the first frame
+         * of a batch, sleep at once: spinning sleds would take the CPU from
+         * the server and from each other. */
+        if (total > 0 && ring_spin(r, RXRING_SPIN_NS))
+            continue;
+        struct pollfd p = {.fd = r->fd, .events = POLLIN};
+        int n = poll(&p, 1, (int)(timeout_ms - spent));
+        if (n < 0 && errno != EINTR)
+            return -1;
+        if (n > 0 && (p.revents & (POLLERR | POLLNVAL)))
+            return -1;
+        if (n == 0)
+            return (long)total;
+    }
+}
