@@ -48,7 +48,7 @@ struct ox_xsk {
     /* TX ring (we produce) */
     uint8_t *tx_map;
     size_t tx_map_len;
-    uint32_t *tx_prod, *tx_cons, *tx_flags;
+    uint32_t *tx_prod, *tx_cons;
     struct xdp_desc *tx_desc;
     uint32_t tx_head; /* our producer index, published or not */
     /* completion ring (we consume) */
@@ -60,7 +60,6 @@ struct ox_xsk {
     /* UMEM chunks that are ours to fill: a stack of chunk indices */
     uint32_t *free_idx;
     uint32_t free_n;
-    int need_wakeup; /* bound with XDP_USE_NEED_WAKEUP */
 };
 
 static void xsk_release(ox_xsk *x)
@@ -153,7 +152,6 @@ ox_xsk *ox_xsk_open(int ifindex, unsigned queue, unsigned frames)
     /* The offsets come from the kernel; still, nothing outside the maps. */
     if (off.tx.producer + sizeof(uint32_t) > off.tx.desc ||
         off.tx.consumer + sizeof(uint32_t) > off.tx.desc ||
-        off.tx.flags + sizeof(uint32_t) > off.tx.desc || off.tx.flags % 4 ||
         off.cr.producer + sizeof(uint32_t) > off.cr.desc ||
         off.cr.consumer + sizeof(uint32_t) > off.cr.desc ||
         off.tx.producer % 4 || off.tx.consumer % 4 || off.tx.desc % 8 ||
@@ -163,7 +161,6 @@ ox_xsk *ox_xsk_open(int ifindex, unsigned queue, unsigned frames)
     }
     x->tx_prod = (uint32_t *)(x->tx_map + off.tx.producer);
     x->tx_cons = (uint32_t *)(x->tx_map + off.tx.consumer);
-    x->tx_flags = (uint32_t *)(x->tx_map + off.tx.flags);
     x->tx_desc = (struct xdp_desc *)(x->tx_map + off.tx.desc);
     x->cq_prod = (uint32_t *)(x->cq_map + off.cr.producer);
     x->cq_cons = (uint32_t *)(x->cq_map + off.cr.consumer);
@@ -174,10 +171,8 @@ ox_xsk *ox_xsk_open(int ifindex, unsigned queue, unsigned frames)
     sxdp.sxdp_ifindex = (uint32_t)ifindex;
     sxdp.sxdp_queue_id = queue;
     sxdp.sxdp_flags = XDP_COPY;
-#ifdef OX_XSK_NEED_WAKEUP
-    sxdp.sxdp_flags |= XDP_USE_NEED_WAKEUP;
-    x->need_wakeup = 1;
-#endif
+    /* Not XDP_USE_NEED_WAKEUP: in copy mode the kernel keeps asking for
+     * the wake-up anyway (measured: no difference, bench/notes.md). */
     if (bind(x->fd, (struct sockaddr *)&sxdp, sizeof(sxdp)) != 0)
         goto fail;
 
@@ -235,16 +230,11 @@ static int kick(ox_xsk *x, ox_tx_stats *stats)
         uint32_t before = __atomic_load_n(x->tx_cons, __ATOMIC_ACQUIRE);
         if (before == x->tx_head)
             return 0;
-        /* With XDP_USE_NEED_WAKEUP a driver that sends on its own clears
-         * the flag and saves us the call; in copy mode it stays set. */
-        if (!x->need_wakeup ||
-            (__atomic_load_n(x->tx_flags, __ATOMIC_ACQUIRE) & XDP_RING_NEED_WAKEUP)) {
-            stats->syscalls++;
-            if (sendto(x->fd, NULL, 0, MSG_DONTWAIT, NULL, 0) < 0 && errno != EAGAIN &&
-                errno != EBUSY && errno != ENOBUFS && errno != EINTR) {
-                stats->last_errno = errno;
-                return -1;
-            }
+        stats->syscalls++;
+        if (sendto(x->fd, NULL, 0, MSG_DONTWAIT, NULL, 0) < 0 && errno != EAGAIN &&
+            errno != EBUSY && errno != ENOBUFS && errno != EINTR) {
+            stats->last_errno = errno;
+            return -1;
         }
         uint32_t got = reap(x);
         if (got || __atomic_load_n(x->tx_cons, __ATOMIC_ACQUIRE) != before) {
@@ -265,9 +255,7 @@ static int kick(ox_xsk *x, ox_tx_stats *stats)
 /* Kick after this many new descriptors at most: the kernel sends a few
  * dozen per sendto() in copy mode, and chunks must come back before the
  * UMEM runs dry. */
-#ifndef OX_XSK_KICK
 #define OX_XSK_KICK 128u
-#endif
 
 static long send_frames(ox_xsk *x, const uint8_t *dst, const uint8_t *src,
                         const uint8_t *image, uint64_t image_size, const uint64_t *offsets,

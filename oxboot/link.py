@@ -28,12 +28,14 @@ SO_SNDBUFFORCE = 32
 SO_RCVBUFFORCE = 33
 MAX_FRAME = 2048
 
-#: DATA transmit mechanisms, the measured fastest first (BENCHMARKS.md):
-#: sendmmsg with iovecs into the image mapping (no user-space copy), a
-#: PACKET_TX_RING (one copy into the ring; on veth it waits for the peer to
-#: free each frame, which costs more than it saves), plain send per frame;
-#: and an AF_XDP socket in copy mode (one copy into the UMEM, a descriptor
-#: per frame, a sendto() per batch), where the kernel offers AF_XDP.
+#: DATA transmit mechanisms, the default first (BENCHMARKS.md): sendmmsg
+#: with iovecs into the image mapping (no user-space copy), a PACKET_TX_RING
+#: (one copy into the ring; on veth it waits for the peer to free each
+#: frame, which costs more than it saves), plain send per frame, and an
+#: AF_XDP socket in copy mode (one copy into the UMEM, a descriptor per
+#: frame, a sendto() per 32; where the kernel offers AF_XDP), which measured
+#: 10-20% faster than sendmmsg on veth (bench/notes.md) but is not the
+#: default yet: it takes a device queue per worker.
 TX_METHODS = ("sendmmsg", "ring", "send", "xdp")
 RING_FRAMES = 512
 XSK_FRAMES = 1024  # UMEM chunks of an AF_XDP socket (a power of two)
