@@ -122,6 +122,8 @@ typedef struct {
 ox_serve *ox_serve_new(unsigned sessions);
 typedef struct ox_txring ox_txring;
 void ox_serve_use_ring(ox_serve *s, ox_txring *ring);
+typedef struct ox_xsk ox_xsk;
+void ox_serve_use_xsk(ox_serve *s, ox_xsk *x);
 void ox_serve_free(ox_serve *s);
 int ox_serve_set(ox_serve *s, const uint8_t *sled, const uint8_t *image_mac,
                  const uint8_t *image, uint64_t image_size, uint64_t high);
@@ -140,6 +142,13 @@ long ox_txring_send_data(ox_txring *r, const uint8_t *dst, const uint8_t *src,
                          const uint8_t *image, uint64_t image_size,
                          const uint64_t *offsets, size_t n, uint32_t chunk,
                          ox_tx_stats *stats);
+
+ox_xsk *ox_xsk_open(int ifindex, unsigned queue, unsigned frames);
+void ox_xsk_close(ox_xsk *x);
+long ox_xsk_send_data(ox_xsk *x, const uint8_t *dst, const uint8_t *src,
+                      const uint8_t *image, uint64_t image_size,
+                      const uint64_t *offsets, size_t n, uint32_t chunk,
+                      ox_tx_stats *stats);
 """
 
 # OXBOOT_SANITIZE=1 builds the core with AddressSanitizer and UBSan, for CI.
@@ -157,7 +166,7 @@ ffibuilder.set_source(
     "oxboot._core",
     '#include "oxboot.h"',
     # Paths are relative to the project root, where setuptools runs this.
-    sources=["csrc/oxboot.c", "csrc/txring.c", "csrc/rxring.c", "csrc/deflate.c"],
+    sources=["csrc/oxboot.c", "csrc/txring.c", "csrc/rxring.c", "csrc/xsk.c", "csrc/deflate.c"],
     include_dirs=["csrc"],
     libraries=["crypto", "deflate", "z"],
     extra_compile_args=_cflags,

@@ -845,12 +845,19 @@ struct ox_serve {
     struct serve_entry *table;
     ox_serve_totals totals;
     ox_txring *ring; /* DATA through this ring instead of sendmmsg (NULL: none) */
+    ox_xsk *xsk;     /* or through this AF_XDP socket (NULL: none) */
 };
 
 void ox_serve_use_ring(ox_serve *s, ox_txring *ring)
 {
     if (s != NULL)
         s->ring = ring;
+}
+
+void ox_serve_use_xsk(ox_serve *s, ox_xsk *x)
+{
+    if (s != NULL)
+        s->xsk = x;
 }
 
 ox_serve *ox_serve_new(unsigned sessions)
@@ -975,7 +982,10 @@ static int serve_read(ox_serve *s, int tx_fd, const uint8_t *f, size_t flen, uin
     if (n <= 0)
         return 0; /* malformed, or nothing due: the protocol layer's call */
     memset(&tx, 0, sizeof(tx));
-    long sent = s->ring != NULL
+    long sent = s->xsk != NULL
+        ? ox_xsk_send_data(s->xsk, e->sled, e->image_mac, e->image, e->image_size, offsets,
+                           (size_t)n, OX_CHUNK, &tx)
+        : s->ring != NULL
         ? ox_txring_send_data(s->ring, e->sled, e->image_mac, e->image, e->image_size, offsets,
                               (size_t)n, OX_CHUNK, &tx)
         : ox_tx_data(tx_fd, OX_TX_SENDMMSG, e->sled, e->image_mac, e->image, e->image_size,

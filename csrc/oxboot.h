@@ -337,6 +337,10 @@ ox_serve *ox_serve_new(unsigned sessions);
  * sendmmsg on tx_fd; NULL goes back to sendmmsg. The ring must outlive s. */
 typedef struct ox_txring ox_txring;
 void ox_serve_use_ring(ox_serve *s, ox_txring *ring);
+/* Likewise through an AF_XDP socket (ox_xsk_open); it takes precedence
+ * over a ring. NULL goes back to the ring or sendmmsg. */
+typedef struct ox_xsk ox_xsk;
+void ox_serve_use_xsk(ox_serve *s, ox_xsk *x);
 void ox_serve_free(ox_serve *s);
 /* Add or replace a session (its counters start again from `high`): 0, or
  * -1 if the table holds `sessions` already or an argument is bad. */
@@ -373,5 +377,26 @@ long ox_txring_send_data(ox_txring *r, const uint8_t *dst, const uint8_t *src,
                          const uint8_t *image, uint64_t image_size,
                          const uint64_t *offsets, size_t n, uint32_t chunk,
                          ox_tx_stats *stats);
+
+/* ---- DATA transmit through an AF_XDP socket (csrc/xsk.c) ------------------ */
+
+/*
+ * Open an AF_XDP socket for transmit only on queue `queue` of interface
+ * `ifindex`, in copy mode (XDP_COPY: any driver; no XDP program, nothing
+ * is received), with a UMEM of `frames` 2 KiB chunks and TX and completion
+ * rings of as many entries (a power of two, 8..65536). Returns NULL with
+ * errno set on failure (EINVAL for a bad size or queue, EBUSY if another
+ * AF_XDP socket holds the queue, EAFNOSUPPORT without AF_XDP), having
+ * released everything it set up.
+ */
+ox_xsk *ox_xsk_open(int ifindex, unsigned queue, unsigned frames);
+void ox_xsk_close(ox_xsk *x);
+/* As ox_tx_data, through the socket: the frames are built in the UMEM
+ * (ox_build_data) and handed over by descriptor, one sendto() per batch;
+ * it returns once the kernel has taken every frame. One thread at a time. */
+long ox_xsk_send_data(ox_xsk *x, const uint8_t *dst, const uint8_t *src,
+                      const uint8_t *image, uint64_t image_size,
+                      const uint64_t *offsets, size_t n, uint32_t chunk,
+                      ox_tx_stats *stats);
 
 #endif

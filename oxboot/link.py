@@ -28,12 +28,17 @@ SO_SNDBUFFORCE = 32
 SO_RCVBUFFORCE = 33
 MAX_FRAME = 2048
 
-#: DATA transmit mechanisms, the measured fastest first (BENCHMARKS.md):
-#: sendmmsg with iovecs into the image mapping (no user-space copy), a
-#: PACKET_TX_RING (one copy into the ring; on veth it waits for the peer to
-#: free each frame, which costs more than it saves), plain send per frame.
-TX_METHODS = ("sendmmsg", "ring", "send")
+#: DATA transmit mechanisms, the default first (BENCHMARKS.md): sendmmsg
+#: with iovecs into the image mapping (no user-space copy), a PACKET_TX_RING
+#: (one copy into the ring; on veth it waits for the peer to free each
+#: frame, which costs more than it saves), plain send per frame, and an
+#: AF_XDP socket in copy mode (one copy into the UMEM, a descriptor per
+#: frame, a sendto() per 32; where the kernel offers AF_XDP), which measured
+#: 10-20% faster than sendmmsg on veth (bench/notes.md) but is not the
+#: default yet: it takes a device queue per worker.
+TX_METHODS = ("sendmmsg", "ring", "send", "xdp")
 RING_FRAMES = 512
+XSK_FRAMES = 1024  # UMEM chunks of an AF_XDP socket (a power of two)
 MAX_BLOCKED: int = lib.OX_MAX_BLOCKED  # sources one socket filter can drop
 
 
@@ -87,13 +92,17 @@ class RawLink:
 
     def __init__(self, ifname: str, extra_macs: Sequence[bytes] = (), *,
                  buffer_bytes: int = 8 << 20, qdisc_bypass: bool = False,
-                 tx_method: str = "sendmmsg", receive: bool = True) -> None:
+                 tx_method: str = "sendmmsg", receive: bool = True,
+                 tx_queue: int = 0) -> None:
+        """`tx_queue`: the device queue an AF_XDP socket binds to (``xdp``);
+        each queue takes one such socket."""
         if tx_method not in TX_METHODS:
             raise ValueError(f"unknown transmit method {tx_method!r}")
         self.ifname = ifname
         self.tx_method = tx_method
         self._receive = receive
         self._ring = ffi.NULL
+        self._xsk = ffi.NULL
         self._txsock: socket.socket | None = None
         try:
             self.ifindex = socket.if_nametoindex(ifname)
@@ -136,6 +145,8 @@ class RawLink:
         self.tx = TxStats()
         if tx_method == "ring":
             self._open_ring()
+        elif tx_method == "xdp":
+            self._open_xsk(tx_queue)
 
     def _open_ring(self) -> None:
         # A TX ring turns send() into "flush the ring", so it needs a socket
@@ -159,6 +170,22 @@ class RawLink:
             raise
         self._txsock = tx if tx is not self.sock else None
         self._ring = ring
+
+    def _open_xsk(self, queue: int) -> None:
+        # An AF_XDP socket of its own, for DATA only: frames we receive and
+        # the other frames we send stay on the packet socket.
+        xsk = lib.ox_xsk_open(self.ifindex, queue, XSK_FRAMES)
+        if xsk == ffi.NULL:
+            code = ffi.errno
+            self.sock.close()
+            hint = ""
+            if code == errno.EAFNOSUPPORT:
+                hint = " (the kernel has no AF_XDP)"
+            elif code in (errno.EBUSY, errno.EINVAL) and queue > 0:
+                hint = " (one AF_XDP socket per device queue: use fewer workers)"
+            raise LinkError(code, f"{self.ifname}: cannot set up AF_XDP transmit on queue "
+                            f"{queue}: {os.strerror(code)}{hint}")
+        self._xsk = xsk
     def add_unicast(self, mac: bytes) -> None:
         """Receive frames sent to `mac` too (a secondary unicast address)."""
         mreq = struct.pack("iHH8s", self.ifindex, PACKET_MR_UNICAST, 6, mac)
@@ -179,6 +206,10 @@ class RawLink:
         """(the socket DATA leaves by, its PACKET_TX_RING or NULL)."""
         sock = self._txsock if self._txsock is not None else self.sock
         return sock.fileno(), self._ring
+
+    def tx_xsk(self) -> object:
+        """The AF_XDP socket DATA leaves by (``xdp``), or NULL."""
+        return self._xsk
 
     def join_fanout(self, group: int | None) -> int:
         """Share this socket's frames with the other members of a fanout
@@ -202,6 +233,9 @@ class RawLink:
         return self.sock.fileno()
 
     def close(self) -> None:
+        if self._xsk != ffi.NULL:
+            lib.ox_xsk_close(self._xsk)
+            self._xsk = ffi.NULL
         if self._ring != ffi.NULL:
             lib.ox_txring_close(self._ring)
             self._ring = ffi.NULL
@@ -246,7 +280,10 @@ class RawLink:
         offs = ffi.new("uint64_t[]", offsets)
         st = self._stats
         st.frames = st.bytes = st.syscalls = 0
-        if self._ring != ffi.NULL:
+        if self._xsk != ffi.NULL:
+            n = lib.ox_xsk_send_data(self._xsk, dst, src, image, image_size, offs,
+                                     len(offsets), CHUNK, st)
+        elif self._ring != ffi.NULL:
             n = lib.ox_txring_send_data(self._ring, dst, src, image, image_size, offs,
                                         len(offsets), CHUNK, st)
         else:

@@ -79,6 +79,9 @@ class Receiver:
             self._tx_fd, ring = tx.link.tx_ring()
             if ring != ffi.NULL:
                 lib.ox_serve_use_ring(table, ring)
+            xsk = tx.link.tx_xsk()
+            if xsk != ffi.NULL:
+                lib.ox_serve_use_xsk(table, xsk)
         self._info = ffi.new("ox_serve_info *")
         self._totals = ffi.new("ox_serve_totals *")
         self.fast_macs: set[bytes] = set()

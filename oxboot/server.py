@@ -249,7 +249,7 @@ class Server:
         # a fanout group split by source MAC, each drained by its own thread
         # that sends on its own socket. Otherwise one receive loop and N
         # transmit threads fed by Python.
-        fast = tx_method in ("sendmmsg", "ring") and fast_path
+        fast = tx_method in ("sendmmsg", "ring", "xdp") and fast_path
         self.pool = TxPool(link, n_workers, tx_method, threaded=not fast)
         self._read_rate = read_rate
         self.receivers: list[Receiver] = []

@@ -65,7 +65,8 @@ class TxWorker(threading.Thread):
     def __init__(self, ifname: str, tx_method: str, index: int, inline: bool = False) -> None:
         super().__init__(name=f"oxboot-tx{index}", daemon=True)
         self.inline = inline
-        self.link = RawLink(ifname, receive=False, tx_method=tx_method)
+        # With AF_XDP, worker i transmits on device queue i.
+        self.link = RawLink(ifname, receive=False, tx_method=tx_method, tx_queue=index)
         self.stats = WorkerStats()
         self._queues: dict[bytes, deque[Job]] = {}
         self._turns: deque[bytes] = deque()

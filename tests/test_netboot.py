@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import socket
 import subprocess
 import sys
 import time
@@ -104,9 +105,20 @@ def wait_listening(log: Path) -> None:
              "the boot server to start")
 
 
+def xdp_unavailable() -> str | None:
+    """Why this kernel cannot open AF_XDP sockets (--tx xdp), or None."""
+    try:
+        socket.socket(44, socket.SOCK_RAW, 0).close()  # AF_XDP
+    except OSError as e:
+        return f"no AF_XDP sockets here: {e.strerror}"
+    return None
+
+
 @pytest.mark.parametrize("extra", [[], ["--workers", "2"], ["--tx", "ring"], ["--tx", "send"],
-                                   ["--busy-poll", "0"]], ids=" ".join)
+                                   ["--tx", "xdp"], ["--busy-poll", "0"]], ids=" ".join)
 def test_single_sled_boot(lab: Lab, images: dict, tmp_path: Path, extra: list[str]) -> None:
+    if "xdp" in extra and (why := xdp_unavailable()):
+        pytest.skip(why)
     srv, sled = lab.pair()
     img, raw = images["plain"]
     log = tmp_path / "server.log"
@@ -119,13 +131,28 @@ def test_single_sled_boot(lab: Lab, images: dict, tmp_path: Path, extra: list[st
     evs = events(log)
     assert {"offer", "start", "finished"} <= {e["event"] for e in evs}
     final = [e for e in evs if e["event"] == "stats"][-1]
-    # With sendmmsg (the default) or the ring, after a session's first READ
+    # With sendmmsg (the default), the ring or AF_XDP, after a session's first READ
     # its READs are answered in the C core; with send all go through Python.
     fast = extra != ["--tx", "send"]
     assert (final["rx_served_in_c"] > 0) == fast, final
     finished = [e for e in evs if e["event"] == "finished"][-1]
     assert finished["frames"] == final["tx_frames"] >= len(raw) // 1024, (finished, final)
     assert final["reads"] == final["tx_jobs"] + final["tx_dropped_jobs"], final
+
+
+def test_xdp_with_more_workers_than_queues_is_a_one_line_error(lab: Lab, images: dict,
+                                                              tmp_path: Path) -> None:
+    if why := xdp_unavailable():
+        pytest.skip(why)
+    srv, _ = lab.pair()  # a veth has one queue: worker 1 has none to bind to
+    p = subprocess.run(srv.cmd([*command("bootserver"), "--tx", "xdp", "--workers", "2",
+                                srv.ifname, str(images["small"][0]), "any"]),
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode != 0
+    assert "Traceback" not in p.stderr, p.stderr
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: "), p.stderr
+    assert srv.ifname in lines[0] and "AF_XDP" in lines[0] and "queue 1" in lines[0], lines
 
 
 @pytest.mark.parametrize("codec", ["zlib", "zstd"])
