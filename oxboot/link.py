@@ -28,15 +28,17 @@ SO_SNDBUFFORCE = 32
 SO_RCVBUFFORCE = 33
 MAX_FRAME = 2048
 
-#: DATA transmit mechanisms, the default first (BENCHMARKS.md): sendmmsg
-#: with iovecs into the image mapping (no user-space copy), a PACKET_TX_RING
-#: (one copy into the ring; on veth it waits for the peer to free each
-#: frame, which costs more than it saves), plain send per frame, and an
-#: AF_XDP socket in copy mode (one copy into the UMEM, a descriptor per
-#: frame, a sendto() per 32; where the kernel offers AF_XDP), which measured
-#: 10-20% faster than sendmmsg on veth (bench/notes.md) but is not the
-#: default yet: it takes a device queue per worker.
-TX_METHODS = ("sendmmsg", "ring", "send", "xdp")
+#: DATA transmit mechanisms, the default first (BENCHMARKS.md): ``auto``
+#: takes an AF_XDP socket in copy mode where one can be set up on the
+#: worker's device queue (one copy into the UMEM, a descriptor per frame, a
+#: sendto() per 128; 10-20% more frames than sendmmsg on veth, bench/notes.md)
+#: and sendmmsg otherwise (no AF_XDP in the kernel, a queue per worker
+#: taken, no locked memory allowed). The others force one mechanism, for
+#: diagnosis: sendmmsg with iovecs into the image mapping (no user-space
+#: copy), a PACKET_TX_RING (one copy into the ring; on veth it waits for the
+#: peer to free each frame, which costs more than it saves), plain send per
+#: frame, and AF_XDP.
+TX_METHODS = ("auto", "xdp", "sendmmsg", "ring", "send")
 RING_FRAMES = 512
 XSK_FRAMES = 1024  # UMEM chunks of an AF_XDP socket (a power of two)
 MAX_BLOCKED: int = lib.OX_MAX_BLOCKED  # sources one socket filter can drop
@@ -99,7 +101,10 @@ class RawLink:
         if tx_method not in TX_METHODS:
             raise ValueError(f"unknown transmit method {tx_method!r}")
         self.ifname = ifname
+        #: The mechanism in use (``auto`` resolved); `tx_fallback` says why
+        #: auto did not get AF_XDP ("" if it did or was not asked).
         self.tx_method = tx_method
+        self.tx_fallback = ""
         self._receive = receive
         self._ring = ffi.NULL
         self._xsk = ffi.NULL
@@ -147,6 +152,13 @@ class RawLink:
             self._open_ring()
         elif tx_method == "xdp":
             self._open_xsk(tx_queue)
+        elif tx_method == "auto":
+            try:
+                self._open_xsk(tx_queue, keep_socket=True)
+                self.tx_method = "xdp"
+            except LinkError as e:
+                self.tx_method = "sendmmsg"
+                self.tx_fallback = e.strerror or str(e)
 
     def _open_ring(self) -> None:
         # A TX ring turns send() into "flush the ring", so it needs a socket
@@ -171,13 +183,14 @@ class RawLink:
         self._txsock = tx if tx is not self.sock else None
         self._ring = ring
 
-    def _open_xsk(self, queue: int) -> None:
+    def _open_xsk(self, queue: int, keep_socket: bool = False) -> None:
         # An AF_XDP socket of its own, for DATA only: frames we receive and
         # the other frames we send stay on the packet socket.
         xsk = lib.ox_xsk_open(self.ifindex, queue, XSK_FRAMES)
         if xsk == ffi.NULL:
             code = ffi.errno
-            self.sock.close()
+            if not keep_socket:
+                self.sock.close()
             hint = ""
             if code == errno.EAFNOSUPPORT:
                 hint = " (the kernel has no AF_XDP)"

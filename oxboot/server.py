@@ -223,7 +223,7 @@ class Server:
     def __init__(self, link: str, images: Sequence[str | os.PathLike[str]],
                  allow: Sequence[bytes] | None, *, once: bool = False,
                  hello_timeout: float | None = None, log: EventLog | None = None,
-                 tx_method: str = "sendmmsg", scratch: str | None = None,
+                 tx_method: str = "auto", scratch: str | None = None,
                  read_rate: float = 8_000.0, workers: int | None = None,
                  user: str | None = None, busy_poll: float = DEFAULT_BUSY_POLL,
                  fast_path: bool = True,
@@ -245,11 +245,11 @@ class Server:
             self.link.add_unicast(mac)
         n_workers = workers or DEFAULT_WORKERS
         # READs of established sessions are answered in C by the receive
-        # loops (sendmmsg, the default): with N workers, N receive sockets in
+        # loops (AF_XDP or sendmmsg, the default): with N workers, N receive sockets in
         # a fanout group split by source MAC, each drained by its own thread
         # that sends on its own socket. Otherwise one receive loop and N
         # transmit threads fed by Python.
-        fast = tx_method in ("sendmmsg", "ring", "xdp") and fast_path
+        fast = tx_method != "send" and fast_path
         self.pool = TxPool(link, n_workers, tx_method, threaded=not fast)
         self._read_rate = read_rate
         self.receivers: list[Receiver] = []
@@ -300,6 +300,11 @@ class Server:
         self._rx_packets = self._rx_drops = 0
         self._unreadable: dict[int, bool] = {}
         self._stop = False
+        methods = [w.link.tx_method for w in self.pool.workers]
+        fallbacks = sorted({w.link.tx_fallback for w in self.pool.workers} - {""})
+        self.log.event("transmit", f"DATA leaves by {', '.join(methods)} (worker by worker)"
+                       + (f"; AF_XDP not used: {'; '.join(fallbacks)}" if fallbacks else ""),
+                       methods=methods, fallbacks=fallbacks)
         for i, img in enumerate(self.images):
             assert img is not None
             self.log.event("image", f"{img.path} ({human(img.size)}, sha256 "
@@ -647,6 +652,7 @@ class Server:
                 "rx_served_in_c": police["served"],
                 "rx_served_per_worker": [r.police_counts["served"] for r in self.receivers],
                 **tx, "workers": len(self.pool.workers),
+                "tx_methods": [w.link.tx_method for w in self.pool.workers],
                 "cpu_user": t.user,
                 "cpu_system": t.system,
                 # Live values last: the protocol's counters of the same names

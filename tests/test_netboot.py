@@ -138,6 +138,17 @@ def test_single_sled_boot(lab: Lab, images: dict, tmp_path: Path, extra: list[st
     finished = [e for e in evs if e["event"] == "finished"][-1]
     assert finished["frames"] == final["tx_frames"] >= len(raw) // 1024, (finished, final)
     assert final["reads"] == final["tx_jobs"] + final["tx_dropped_jobs"], final
+    # The default (auto) transmits by AF_XDP where the kernel allows it, on
+    # the one queue a veth has: a second worker falls back to sendmmsg.
+    methods = [e for e in evs if e["event"] == "transmit"][-1]["methods"]
+    assert methods == final["tx_methods"]
+    forced = extra[1] if extra[:1] == ["--tx"] else None
+    if forced is not None:
+        assert set(methods) == {forced}, methods
+    elif xdp_unavailable() is None:
+        assert methods == ["xdp", "sendmmsg"][:len(methods)], methods
+    else:
+        assert set(methods) == {"sendmmsg"}, methods
 
 
 def test_xdp_with_more_workers_than_queues_is_a_one_line_error(lab: Lab, images: dict,

@@ -62,7 +62,7 @@ class FakeLink:
 def fake_links(monkeypatch: pytest.MonkeyPatch) -> list[FakeLink]:
     made: list[FakeLink] = []
 
-    def link(ifname: str, receive: bool, tx_method: str) -> FakeLink:
+    def link(ifname: str, receive: bool, tx_method: str, tx_queue: int = 0) -> FakeLink:
         made.append(FakeLink())
         return made[-1]
 

@@ -23,8 +23,9 @@ def build_parser(prog: str = "bootserver") -> Parser:
                    "checksum their boot archive wants")
     p.add_argument("--json", action="store_true", help="one JSON object per event on stdout")
     p.add_argument("--tx", choices=TX_METHODS, default=TX_METHODS[0],
-                   help=f"DATA transmit mechanism (default {TX_METHODS[0]}, the fastest "
-                   "measured; the others are for diagnosis)")
+                   help="DATA transmit mechanism (default auto: AF_XDP where the worker's "
+                   "device queue allows, the fastest measured, else sendmmsg; the others "
+                   "force one, for diagnosis)")
     p.add_argument("--workers", type=int, metavar="N",
                    help="workers, each with its own receive and transmit sockets and thread "
                    "(the kernel splits sleds over them by MAC; a sled always stays on one); "
