@@ -18,7 +18,8 @@ until SIGTERM, then prints how many it sent.
 server sees them all (a session-table flood).
 
 ``capture`` records every frame the host SENDS on IFNAME (AF_PACKET,
-ETH_P_ALL, outgoing only) until SIGTERM and checks each one on the fly: an
+ETH_P_ALL, outgoing only; with ``--arriving``, every frame that arrives
+there instead) until SIGTERM and checks each one on the fly: an
 OFFER, DATA or RESET of this protocol from one of the image MACs, exactly
 as long as its ``len`` says, every DATA payload equal to the image bytes at
 its offset (zeros only as padding past the end). It prints a JSON summary
@@ -316,13 +317,15 @@ class Fuzzer:
         return out
 
 
-def outgoing_only(s: socket.socket) -> None:
-    """Classic BPF: keep only frames this host sends (pkttype OUTGOING)."""
+def one_direction(s: socket.socket, outgoing: bool) -> None:
+    """Classic BPF: keep only the frames this host sends (pkttype OUTGOING),
+    or only those it receives."""
+    keep, drop = struct.pack("HBBI", 0x06, 0, 0, 0xFFFF), struct.pack("HBBI", 0x06, 0, 0, 0)
     code = b"".join((
         struct.pack("HBBI", 0x20, 0, 0, 0xFFFFF004),  # ld [SKF_AD_OFF + SKF_AD_PKTTYPE]
         struct.pack("HBBI", 0x15, 0, 1, PACKET_OUTGOING),  # jeq #OUTGOING
-        struct.pack("HBBI", 0x06, 0, 0, 0xFFFF),  # ret: keep the whole frame
-        struct.pack("HBBI", 0x06, 0, 0, 0),  # ret: drop
+        keep if outgoing else drop,
+        drop if outgoing else keep,
     ))
     prog = ctypes.create_string_buffer(code)
     s.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER,
@@ -430,7 +433,7 @@ def cmd_capture(args: argparse.Namespace) -> None:
     offers = [bytes.fromhex(h) for h in args.offer]
     assert len(macs) == len(images) == len(offers)
     s = raw_socket(args.ifname, ETH_P_ALL, rcvbuf=256 << 20)
-    outgoing_only(s)
+    one_direction(s, outgoing=not args.arriving)
     s.setblocking(False)
     sys.stderr.write("ready\n")
     sys.stderr.flush()
@@ -457,8 +460,8 @@ def cmd_capture(args: argparse.Namespace) -> None:
                 buf, addr = s.recvfrom(65536)
             except BlockingIOError:
                 break
-            if addr[2] != PACKET_OUTGOING:
-                counts["incoming"] += 1
+            if (addr[2] == PACKET_OUTGOING) == args.arriving:
+                counts["other_direction"] += 1
                 continue
             counts["frames"] += 1
             if len(buf) < 14:
@@ -608,6 +611,9 @@ def main() -> None:
     c.add_argument("--image-mac", action="append", required=True)
     c.add_argument("--raw", action="append", required=True)
     c.add_argument("--offer", action="append", required=True, help="OFFER payload, hex")
+    c.add_argument("--arriving", action="store_true",
+                   help="check the frames arriving on IFNAME (the far end of the server's "
+                   "link: whatever path they left by) instead of those it sends")
     r = sub.add_parser("relay")
     r.add_argument("if_a", help="the server's side")
     r.add_argument("if_b", help="the sled's side")

@@ -65,13 +65,35 @@ def final_stats(server: subprocess.Popen[bytes], log: Path) -> dict:
 
 def capture(lab: Lab, host: Host, macs: list[str], imgs: list[tuple[Path, bytes]],
             tmp_path: Path) -> subprocess.Popen[str]:
-    """Check every frame `host` sends from now on (see fuzz_frames.py capture)."""
-    args = ["capture", host.ifname]
+    """Check every frame that arrives at `host` (the far end of the server's
+    link) from now on (see fuzz_frames.py capture). Not on the server's own
+    interface: frames sent by AF_XDP pass no packet socket there."""
+    args = ["capture", host.ifname, "--arriving"]
     for i, (mac, (img, raw)) in enumerate(zip(macs, imgs, strict=True)):
         path = tmp_path / f"capture-{i}.raw"
         path.write_bytes(raw)
         args += ["--image-mac", mac, "--raw", str(path), "--offer", offer_payload(img).hex()]
     return start_helper(lab, host, *args)
+
+
+def far_end(lab: Lab, host: Host) -> Host:
+    """The other end of `host`'s veth (for a host on a bridge, its port)."""
+    def links(ns: str) -> list[tuple[str, str, str]]:
+        """(index, name, peer index) of each veth in `ns` (indexes are per
+        namespace: an end is the one whose index and peer's match)."""
+        out = []
+        for line in sh("ip", "-n", ns, "-o", "link").stdout.splitlines():
+            index, name = line.split(":")[:2]
+            if "@if" in name:
+                name, peer = name.strip().split("@if")
+                out.append((index, name, peer))
+        return out
+
+    mine = next(link for link in links(host.ns) if link[1] == host.ifname)
+    ends = [Host(ns, name) for ns in lab.namespaces if ns != host.ns
+            for index, name, peer in links(ns) if (index, peer) == (mine[2], mine[0])]
+    assert len(ends) == 1, (host, ends)
+    return ends[0]
 
 
 # ---- the fuzz run -------------------------------------------------------------------
@@ -100,7 +122,7 @@ def test_fuzz_run(lab: Lab, images: dict, tmp_path: Path, mode: str) -> None:
                                    str(imgs[0][0]), allow], log)
     wait_listening(log)
     macs = image_macs(log)
-    cap = capture(lab, srv, macs, imgs, tmp_path)
+    cap = capture(lab, far_end(lab, srv), macs, imgs, tmp_path)
 
     seed = 20240611 + (mode == "allow-list")
     p = subprocess.run(attacker.cmd([
