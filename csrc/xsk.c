@@ -254,15 +254,20 @@ static int kick(ox_xsk *x, ox_tx_stats *stats)
 
 /* Kick after this many new descriptors at most: the kernel sends a few
  * dozen per sendto() in copy mode, and chunks must come back before the
- * UMEM runs dry. */
-#define OX_XSK_KICK 128u
+ * UMEM runs dry. The first kick of a call comes sooner, so that a sled
+ * waiting for its batch gets the first frames while the rest are built
+ * (one READ is one call: a faithful sled's boot 0.63-0.71 -> see
+ * bench/notes.md). */
+#define OX_XSK_KICK 32u
+#define OX_XSK_FIRST_KICK 16u
 
 static long send_frames(ox_xsk *x, const uint8_t *dst, const uint8_t *src,
                         const uint8_t *image, uint64_t image_size, const uint64_t *offsets,
                         size_t n, uint32_t chunk, ox_tx_stats *stats)
 {
     uint32_t pending = 0;
-    unsigned kick_at = x->frames / 2 < OX_XSK_KICK ? x->frames / 2 : OX_XSK_KICK;
+    unsigned most = x->frames / 2 < OX_XSK_KICK ? x->frames / 2 : OX_XSK_KICK;
+    unsigned kick_at = most < OX_XSK_FIRST_KICK ? most : OX_XSK_FIRST_KICK;
 
     for (size_t i = 0; i < n; i++) {
         if (x->free_n == 0)
@@ -308,6 +313,7 @@ static long send_frames(ox_xsk *x, const uint8_t *dst, const uint8_t *src,
             if (kick(x, stats) != 0)
                 return -1;
             pending = 0;
+            kick_at = most;
         }
     }
     if (pending && kick(x, stats) != 0)
