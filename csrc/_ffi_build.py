@@ -35,6 +35,9 @@ long ox_inflate_piece(const uint8_t *dict, size_t dict_len, const uint8_t *in, s
 long ox_build_data(uint8_t *out, size_t cap, const uint8_t *dst,
                    const uint8_t *src, const uint8_t *image,
                    uint64_t image_size, uint64_t offset, uint32_t chunk);
+#define OX_READ_FRAME 1058
+long ox_build_read(uint8_t *out, size_t cap, const uint8_t *dst, const uint8_t *src,
+                   const uint64_t *offsets, unsigned n);
 
 typedef struct {
     uint64_t frames;
@@ -75,11 +78,18 @@ long ox_rx_data_wait(int fd, const uint8_t *self_mac, const uint8_t *server, uin
 typedef struct ox_rxring ox_rxring;
 ox_rxring *ox_rxring_open(int fd, unsigned frames);
 void ox_rxring_close(ox_rxring *r);
+typedef struct {
+    uint64_t next_offset;
+    uint64_t data_size;
+    double *slot_sent;
+    uint64_t reads;
+    uint64_t send_errors;
+} ox_rx_next;
 long ox_rxring_data_wait(ox_rxring *r, const uint8_t *self_mac, const uint8_t *server,
                          uint8_t *ram, uint64_t ram_len, uint64_t *slot_offsets,
                          uint8_t *slot_busy, uint32_t *busy_count, uint8_t *other,
                          size_t other_cap, size_t *other_len, size_t max_frames,
-                         int timeout_ms, ox_rx_stats *stats);
+                         int timeout_ms, ox_rx_stats *stats, ox_rx_next *next);
 
 long ox_parse_data(const uint8_t *frame, size_t len, uint64_t *offset,
                    int *exact);

@@ -166,17 +166,39 @@ static void data_extent(uint64_t image_size, uint64_t offset, uint32_t chunk,
     *pad = (*take > 0 && *take < OX_MIN_DATA_PAYLOAD) ? OX_MIN_DATA_PAYLOAD - *take : 0;
 }
 
-static void data_header(uint8_t *h, const uint8_t *dst, const uint8_t *src,
-                        uint64_t offset, uint32_t payload)
+/* Ethernet and protocol headers: dst, src, ethertype, magic, type, len. */
+static void frame_header(uint8_t *h, const uint8_t *dst, const uint8_t *src, uint32_t type,
+                         uint32_t len)
 {
     memcpy(h, dst, 6);
     memcpy(h + 6, src, 6);
     h[12] = (uint8_t)(OX_ETHERTYPE >> 8);
     h[13] = (uint8_t)OX_ETHERTYPE;
     put_be32(h + 14, OX_MAGIC);
-    put_be32(h + 18, OX_T_DATA);
-    put_be32(h + 22, 8 + payload);
+    put_be32(h + 18, type);
+    put_be32(h + 22, len);
+}
+
+static void data_header(uint8_t *h, const uint8_t *dst, const uint8_t *src,
+                        uint64_t offset, uint32_t payload)
+{
+    frame_header(h, dst, src, OX_T_DATA, 8 + payload);
     put_be64(h + 26, offset);
+}
+
+long ox_build_read(uint8_t *out, size_t cap, const uint8_t *dst, const uint8_t *src,
+                   const uint64_t *offsets, unsigned n)
+{
+    uint8_t *body;
+    if (out == NULL || dst == NULL || src == NULL || n > OX_SLOTS ||
+        (offsets == NULL && n != 0) || cap < OX_READ_FRAME)
+        return -1;
+    frame_header(out, dst, src, OX_T_READ, OX_READ_LEN);
+    body = out + OX_ETH_HLEN + OX_HDR_LEN;
+    put_be64(body, n);
+    for (unsigned i = 0; i < OX_SLOTS; i++)
+        put_be64(body + 8 + 8 * (size_t)i, i < n ? offsets[i] : 0);
+    return OX_READ_FRAME;
 }
 
 long ox_build_data(uint8_t *out, size_t cap, const uint8_t *dst,

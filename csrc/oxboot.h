@@ -100,6 +100,8 @@ long ox_inflate_piece(const uint8_t *dict, size_t dict_len, const uint8_t *in, s
 #define OX_MAX_DATA 1468
 #define OX_MIN_DATA_PAYLOAD 26
 #define OX_SLOTS 128
+#define OX_READ_LEN (8 + 8 * OX_SLOTS) /* u64 noffsets, 128 u64 slots */
+#define OX_READ_FRAME (OX_ETH_HLEN + OX_HDR_LEN + OX_READ_LEN)
 #define OX_MAX_BATCH 256
 
 /*
@@ -110,6 +112,14 @@ long ox_inflate_piece(const uint8_t *dict, size_t dict_len, const uint8_t *in, s
 long ox_build_data(uint8_t *out, size_t cap, const uint8_t *dst,
                    const uint8_t *src, const uint8_t *image,
                    uint64_t image_size, uint64_t offset, uint32_t chunk);
+
+/*
+ * Build a READ frame naming offsets[0..n) in slots 0..n-1 (n <= OX_SLOTS;
+ * the other slots 0, noffsets = n) into `out`. Returns OX_READ_FRAME, or -1
+ * if `cap` is smaller or an argument is bad.
+ */
+long ox_build_read(uint8_t *out, size_t cap, const uint8_t *dst, const uint8_t *src,
+                   const uint64_t *offsets, unsigned n);
 
 typedef struct {
     uint64_t frames;     /* DATA frames handed to the kernel */
@@ -181,17 +191,38 @@ long ox_rx_data_wait(int fd, const uint8_t *self_mac, const uint8_t *server, uin
  * socket (no frames may be read from it with recv() while the ring is up).
  * ox_rxring_open: NULL with errno set on failure. ox_rxring_data_wait works
  * as ox_rx_data_wait, except that when no slot is busy on entry it returns
- * as soon as it has read anything. ox_rxring_close unmaps the ring (the
+ * as soon as it has read anything, and that with `next` (not NULL) a
+ * complete batch is followed by the next one in C (see ox_rx_next). ox_rxring_close unmaps the ring (the
  * socket keeps it until closed), before or after the socket is closed.
  */
 typedef struct ox_rxring ox_rxring;
 ox_rxring *ox_rxring_open(int fd, unsigned frames);
 void ox_rxring_close(ox_rxring *r);
+
+/*
+ * The OS client's next step when a batch is complete, for the sled's
+ * receive loop to take without going back to Python (mirrors
+ * ClientSession.poll): if no EOF was seen (stats->eof == 0) and
+ * next_offset + 128 KiB stays below 2^64 and next_offset < data_size,
+ * every slot gets the next offset (next_offset, +1024, ...), is marked
+ * busy and sent now (slot_sent, CLOCK_MONOTONIC seconds, the clock of
+ * Python's time.monotonic()), next_offset advances by 128 KiB and one READ
+ * naming all 128 slots goes to the server. Anything else (the end, a
+ * retransmission, a tick) is Python's.
+ */
+typedef struct {
+    uint64_t next_offset; /* in/out: the session's next offset */
+    uint64_t data_size;   /* the offer's data size */
+    double *slot_sent;    /* the session's OX_SLOTS send times */
+    uint64_t reads;       /* out: READs sent */
+    uint64_t send_errors; /* out: READs the kernel refused (lost, as on a wire) */
+} ox_rx_next;
+
 long ox_rxring_data_wait(ox_rxring *r, const uint8_t *self_mac, const uint8_t *server,
                          uint8_t *ram, uint64_t ram_len, uint64_t *slot_offsets,
                          uint8_t *slot_busy, uint32_t *busy_count, uint8_t *other,
                          size_t other_cap, size_t *other_len, size_t max_frames,
-                         int timeout_ms, ox_rx_stats *stats);
+                         int timeout_ms, ox_rx_stats *stats, ox_rx_next *next);
 
 /* Internal to the C core (not in the cdef): what one sled receive call
  * works on, and the handling of one received frame, shared by the recvmmsg

@@ -29,14 +29,17 @@ struct ox_rxring {
     size_t map_len;
     unsigned frame_nr;
     unsigned head; /* the next frame the kernel hands us */
+    uint64_t first_wait_ns; /* how long the last batch's first frame took */
 };
 
 #define RXRING_FRAME 2048u        /* a whole DATA frame and the kernel's header */
 #define RXRING_BLOCK (64u * 1024u) /* frames never straddle blocks: a multiple of the frame */
 #define RXRING_MAX_FRAMES (1u << 20)
-/* How long to look for the next frame of a burst before sleeping; measured
+/* How long to look for the next frame of a burst before sleeping, and for
+ * the first frame of a batch when the last one's came that soon: measured
  * in bench/notes.md (a 256 MiB boot). */
 #define RXRING_SPIN_NS 20000u
+#define RXRING_FIRST_SPIN_NS 50000u
 
 /* Where the kernel puts the frame (tp_mac) is at least past its headers. */
 #define RXRING_HDRLEN (TPACKET_ALIGN(sizeof(struct tpacket2_hdr)) + sizeof(struct sockaddr_ll))
@@ -159,19 +162,57 @@ static int ring_spin(ox_rxring *r, uint64_t spin_ns)
     return 0;
 }
 
+static double monotonic_seconds(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + (double)t.tv_nsec / 1e9;
+}
+
+/* The batch is complete: start the next one as ClientSession.poll would,
+ * if that is all it would do. 1 if a READ went out (or was lost). */
+static int next_batch(ox_rxring *r, ox_rx_target *t, ox_rx_next *next)
+{
+    const uint64_t span = (uint64_t)OX_SLOTS * OX_CHUNK;
+    uint8_t frame[OX_READ_FRAME];
+    uint64_t base = next->next_offset;
+    double now;
+
+    if (t->stats->eof != 0 || base >= next->data_size || base > UINT64_MAX - span)
+        return 0;
+    now = monotonic_seconds();
+    for (unsigned i = 0; i < OX_SLOTS; i++) {
+        t->slot_offsets[i] = base + (uint64_t)i * OX_CHUNK;
+        t->slot_busy[i] = 1;
+        next->slot_sent[i] = now;
+    }
+    *t->busy_count = OX_SLOTS;
+    t->hint = 0;
+    next->next_offset = base + span;
+    if (ox_build_read(frame, sizeof(frame), t->server, t->self_mac, t->slot_offsets,
+                      OX_SLOTS) != OX_READ_FRAME)
+        return 0; /* cannot happen: the arguments were checked */
+    next->reads++;
+    if (send(r->fd, frame, sizeof(frame), MSG_DONTWAIT) != (ssize_t)sizeof(frame))
+        next->send_errors++; /* the 1 s retransmission takes care of it */
+    return 1;
+}
+
 long ox_rxring_data_wait(ox_rxring *r, const uint8_t *self_mac, const uint8_t *server,
                          uint8_t *ram, uint64_t ram_len, uint64_t *slot_offsets,
                          uint8_t *slot_busy, uint32_t *busy_count, uint8_t *other,
                          size_t other_cap, size_t *other_len, size_t max_frames,
-                         int timeout_ms, ox_rx_stats *stats)
+                         int timeout_ms, ox_rx_stats *stats, ox_rx_next *next)
 {
     ox_rx_target t = {self_mac, server, ram, ram_len, slot_offsets, slot_busy, busy_count,
                           other, other_cap, other_len, stats, 0};
     struct timespec t0;
-    size_t total = 0;
+    size_t total = 0, batch_seen = 0;
+    uint64_t batch_t0, spin;
     int idle;
 
-    if (r == NULL || timeout_ms < 0 || !ox_rx_target_ok(&t)) {
+    if (r == NULL || timeout_ms < 0 || !ox_rx_target_ok(&t) ||
+        (next != NULL && next->slot_sent == NULL)) {
         errno = EINVAL;
         return -1;
     }
@@ -180,22 +221,37 @@ long ox_rxring_data_wait(ox_rxring *r, const uint8_t *self_mac, const uint8_t *s
     idle = *busy_count == 0;
     if (clock_gettime(CLOCK_MONOTONIC, &t0) != 0)
         return -1;
+    batch_t0 = now_ns();
     for (;;) {
-        total += ring_drain(r, &t, max_frames - total, idle);
-        if (*other_len != 0 || total >= max_frames || (idle ? total > 0 : *busy_count == 0))
+        size_t got = ring_drain(r, &t, max_frames - total, idle);
+        if (got > 0 && batch_seen == 0 && !idle)
+            r->first_wait_ns = now_ns() - batch_t0;
+        batch_seen += got;
+        total += got;
+        if (*other_len != 0 || total >= max_frames)
             return (long)total;
+        if (idle ? total > 0 : *busy_count == 0) {
+            if (idle || next == NULL || !next_batch(r, &t, next))
+                return (long)total;
+            batch_t0 = now_ns();
+            batch_seen = 0;
+        }
         long spent = elapsed_ms(&t0);
         if (spent < 0)
             return -1;
         if (spent >= timeout_ms)
             return (long)total;
-        /* Within a burst (frames came in this call), look again for a
-         * while before sleeping: the next frame is a microsecond or two
-         * away, and a sleeping reader costs the sender a wake-up (an
-         * inter-processor interrupt) per frame. Waiting for the first frame
-         * of a batch, sleep at once: spinning sleds would take the CPU from
-         * the server and from each other. */
-        if (total > 0 && ring_spin(r, RXRING_SPIN_NS))
+        /* Look again for a while before sleeping: within a burst the next
+         * frame is a microsecond or two away, and a sleeping reader costs
+         * the sender a wake-up (an inter-processor interrupt) per frame;
+         * the first frame of a batch, if the last batch's came that soon
+         * (one sled and an idle server). Otherwise sleep at once: spinning
+         * sleds would take the CPU from the server and from each other. */
+        if (batch_seen > 0)
+            spin = RXRING_SPIN_NS;
+        else
+            spin = r->first_wait_ns < RXRING_FIRST_SPIN_NS ? RXRING_FIRST_SPIN_NS : 0;
+        if (ring_spin(r, spin))
             continue;
         struct pollfd p = {.fd = r->fd, .events = POLLIN};
         int n = poll(&p, 1, (int)(timeout_ms - spent));

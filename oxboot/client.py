@@ -100,6 +100,10 @@ def _run(link: RawLink, want: bytes, timeout: float | None, save: str | None,
     other_len = ffi.new("size_t *")
     slot_offsets = ffi.from_buffer("uint64_t[]", sess.slot_offsets)
     slot_busy = ffi.from_buffer("uint8_t[]", sess.slot_busy)
+    # With the ring, complete batches are followed by the next in C.
+    nxt = ffi.new("ox_rx_next *")
+    slot_sent = ffi.from_buffer("double[]", sess.slot_sent)
+    nxt.slot_sent = slot_sent
     self_mac = link.mac
     next_report = start + 1.0
     reason: str | None = None
@@ -136,9 +140,13 @@ def _run(link: RawLink, want: bytes, timeout: float | None, save: str | None,
             # Rounded up: a wait of 0 ms would spin until the tick.
             wait_ms = max(0, math.ceil((last_poll + TICK - now) * 1000))
             if ring != ffi.NULL:
+                assert sess.offer is not None
+                nxt.next_offset = sess.next_offset
+                nxt.data_size = sess.offer.data_size
                 n = lib.ox_rxring_data_wait(ring, self_mac, server, ram_ptr, len(ram),
                                             slot_offsets, slot_busy, busy, other, MAX_FRAME,
-                                            other_len, 1 << 20, wait_ms, stats)
+                                            other_len, 1 << 20, wait_ms, stats, nxt)
+                sess.next_offset = nxt.next_offset
             else:
                 n = lib.ox_rx_data_wait(link.fileno(), self_mac, server, ram_ptr, len(ram),
                                         slot_offsets, slot_busy, busy, other, MAX_FRAME,

@@ -776,7 +776,7 @@ class ClientSession:
         self.offer: Offer | None = None
         self.slot_offsets = array("Q", bytes(8 * SLOTS))
         self.slot_busy = bytearray(SLOTS)
-        self.slot_sent: list[float] = [-math.inf] * SLOTS
+        self.slot_sent = array("d", [-math.inf]) * SLOTS  # time.monotonic() seconds
         self.next_offset = 0
         self.eof = False
         self.bytes_received = 0
@@ -831,7 +831,7 @@ class ClientSession:
                 # loops below, in bulk; this runs once per 128 KiB).
                 offsets[:] = array("Q", range(base, base + SLOTS * CHUNK, CHUNK))
                 busy[:] = _ALL_SLOTS
-                sent[:] = [now] * SLOTS
+                sent[:] = array("d", [now]) * SLOTS
                 self.next_offset = base + SLOTS * CHUNK
                 return [Frame(self.server, self.mac, Read(SLOTS, tuple(offsets)))]
             for i in range(SLOTS):

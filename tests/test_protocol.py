@@ -848,7 +848,7 @@ def test_client_retransmit_trigger_and_inclusion_differ() -> None:
     client.slot_sent[0], client.slot_sent[1], client.slot_sent[2] = 0.0, 0.5, 0.9
     assert client.poll(1.0) == []
     assert one_read(client.poll(1.5)) == Read.from_slots({0: 0, 1: CHUNK})
-    assert client.slot_sent[:3] == [1.5, 1.5, 0.9]
+    assert client.slot_sent[:3].tolist() == [1.5, 1.5, 0.9]
 
 
 def test_client_eof_by_zero_length_data_and_finished_once() -> None:

@@ -19,7 +19,16 @@ import sys
 import pytest
 
 from oxboot.netlab import Lab
-from oxboot.protocol import CHUNK, SLOTS, Data, Offer, data_frame, encode_dataset, pack_frame
+from oxboot.protocol import (
+    CHUNK,
+    SLOTS,
+    Data,
+    Offer,
+    Read,
+    data_frame,
+    encode_dataset,
+    pack_frame,
+)
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (namespaces)")
 
@@ -59,7 +68,7 @@ for line in sys.stdin:
         args = (mac, server, ram, size, offsets, busy, busy_count, other, 2048, other_len,
                 1 << 20, 200, st)
         if ring != ffi.NULL:
-            n = lib.ox_rxring_data_wait(ring, *args)
+            n = lib.ox_rxring_data_wait(ring, *args, ffi.NULL)
         else:
             n = lib.ox_rx_data_wait(s.fileno(), *args)
         assert n >= 0, ffi.errno
@@ -166,3 +175,128 @@ def test_sled_receive_paths(method: str) -> None:
             # Python in the same batch is counted bad, not handed over.
             assert types == ["00009104", "00009102", "00009104"][:len(types)], types
             assert len(types) >= 1 and st["bad"] == 1 + 3 - len(types), st
+
+
+# ---- the next batch, in C ---------------------------------------------------------------
+
+_NEXT_RX = r"""
+import hashlib, json, socket, sys, time
+from oxboot._core import ffi, lib
+ifname, size = sys.argv[1], int(sys.argv[2])
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x1DE0))
+s.bind((ifname, 0x1DE0))
+s.setblocking(False)
+mac = s.getsockname()[4][:6]
+ring = lib.ox_rxring_open(s.fileno(), 256)
+assert ring != ffi.NULL, ffi.errno
+print(json.dumps({"mac": mac.hex()}), flush=True)
+server = bytes.fromhex(sys.stdin.readline().strip())
+ram = ffi.new("uint8_t[]", size)
+# The first batch is the session's (Python's) own; the rest follow in C.
+offsets = ffi.new("uint64_t[128]", [i * 1024 for i in range(128)])
+busy = ffi.new("uint8_t[128]", [1] * 128)
+busy_count = ffi.new("uint32_t *", 128)
+other = ffi.new("uint8_t[2048]")
+other_len = ffi.new("size_t *")
+st = ffi.new("ox_rx_stats *")
+sent = ffi.new("double[128]", [-1.0] * 128)
+nxt = ffi.new("ox_rx_next *", {"next_offset": 128 * 1024, "data_size": size, "slot_sent": sent})
+print("armed", flush=True)
+calls = 0
+while busy_count[0] and calls < 100:
+    calls += 1
+    n = lib.ox_rxring_data_wait(ring, mac, server, ram, size, offsets, busy, busy_count,
+                                other, 2048, other_len, 1 << 20, 200, st, nxt)
+    assert n >= 0 and other_len[0] == 0
+done = time.monotonic()
+print(json.dumps({
+    "busy": busy_count[0], "next_offset": nxt.next_offset, "reads": nxt.reads,
+    "send_errors": nxt.send_errors, "ram": hashlib.sha256(ffi.buffer(ram)).hexdigest(),
+    "sent_age": [done - sent[i] for i in (0, 127)], "data_ok": st.data_ok,
+    "offsets": [offsets[i] for i in (0, 1, 127)]}), flush=True)
+lib.ox_rxring_close(ring)
+"""
+
+# The server's side: the first batch unasked, then DATA for each READ.
+_NEXT_TX = r"""
+import json, random, socket, sys
+from oxboot.protocol import CHUNK, Read, data_frame, parse_frame
+ifname, size, me = sys.argv[1], int(sys.argv[2]), bytes.fromhex(sys.argv[3])
+image = random.Random(1).randbytes(size)
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x1DE0))
+s.bind((ifname, 0x1DE0))
+s.settimeout(5)
+src = s.getsockname()[4][:6]
+for o in range(0, 128 * CHUNK, CHUNK):
+    s.send(data_frame(me, src, image, o))
+reads = []
+while (128 * CHUNK) * (len(reads) + 1) < size:
+    buf = s.recv(2048)
+    f = parse_frame(buf)
+    if not isinstance(f.msg, Read):
+        continue
+    reads.append(buf.hex())
+    for o in f.msg.slots:
+        s.send(data_frame(me, src, image, o))
+print(json.dumps(reads))
+"""
+
+
+def test_ring_wait_follows_a_complete_batch_with_the_next() -> None:
+    size = 3 * SLOTS * CHUNK - 700  # three batches: the last one short
+    image = random.Random(1).randbytes(size)
+    lab = Lab()
+    try:
+        rx_host, tx_host = lab.pair()
+        rx = subprocess.Popen(rx_host.cmd([sys.executable, "-c", _NEXT_RX, rx_host.ifname,
+                                           str(size)]),
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                              start_new_session=True)
+        lab.procs.append(rx)  # type: ignore[arg-type]
+        assert rx.stdin is not None and rx.stdout is not None
+        me = bytes.fromhex(json.loads(rx.stdout.readline())["mac"])
+        server = bytes.fromhex(tx_host.mac().replace(":", ""))
+        rx.stdin.write(server.hex() + "\n")
+        rx.stdin.flush()
+        assert rx.stdout.readline().strip() == "armed"
+        tx = subprocess.run(tx_host.cmd([sys.executable, "-c", _NEXT_TX, tx_host.ifname,
+                                         str(size), me.hex()]),
+                            capture_output=True, text=True, timeout=60)
+        assert tx.returncode == 0, tx.stderr
+        got = json.loads(rx.stdout.readline())
+        assert rx.wait(10) == 0
+    finally:
+        lab.close()
+    # Two READs went out from C, each naming a whole batch as the session would.
+    reads = [bytes.fromhex(r) for r in json.loads(tx.stdout)]
+    assert got["reads"] == 2 and got["send_errors"] == 0 and len(reads) == 2, (got, reads)
+    for k, frame in enumerate(reads, start=1):
+        base = k * SLOTS * CHUNK
+        want = pack_frame(server, me, Read(SLOTS, tuple(range(base, base + SLOTS * CHUNK,
+                                                              CHUNK))))
+        assert frame == want
+    # Past the end: no third READ, the session's state where Python expects it.
+    assert got["busy"] == 0 and got["next_offset"] == 3 * SLOTS * CHUNK
+    assert got["offsets"] == [2 * SLOTS * CHUNK, 2 * SLOTS * CHUNK + CHUNK,
+                              3 * SLOTS * CHUNK - CHUNK]
+    assert all(0 <= age < 10 for age in got["sent_age"]), got  # time.monotonic()'s clock
+    assert got["data_ok"] == 3 * SLOTS
+    assert got["ram"] == hashlib.sha256(image).hexdigest()
+
+
+def test_build_read_matches_the_protocol_module() -> None:
+    from oxboot._native import ffi, lib
+
+    dst, src = bytes.fromhex("02aaaaaaaa01"), bytes.fromhex("02bbbbbbbb02")
+    out = ffi.new("uint8_t[]", lib.OX_READ_FRAME)
+    for offsets in ([], [0], [5, 2**64 - 1, 1024], list(range(0, SLOTS * CHUNK, CHUNK))):
+        arr = ffi.new("uint64_t[]", offsets or [0])
+        n = lib.ox_build_read(out, lib.OX_READ_FRAME, dst, src, arr, len(offsets))
+        want = pack_frame(dst, src, Read(len(offsets),
+                                         tuple(offsets) + (0,) * (SLOTS - len(offsets))))
+        assert n == len(want) == lib.OX_READ_FRAME
+        assert ffi.buffer(out, n)[:] == want
+    arr = ffi.new("uint64_t[]", SLOTS + 1)
+    assert lib.ox_build_read(out, lib.OX_READ_FRAME, dst, src, arr, SLOTS + 1) == -1
+    assert lib.ox_build_read(out, lib.OX_READ_FRAME - 1, dst, src, arr, 1) == -1
+    assert lib.ox_build_read(out, lib.OX_READ_FRAME, dst, src, ffi.NULL, 1) == -1
