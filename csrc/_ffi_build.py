@@ -143,6 +143,9 @@ void ox_serve_totals_get(ox_serve *s, ox_serve_totals *out);
 long ox_rx_serve(int fd, ox_police *p, ox_serve *s, int tx_fd, uint64_t now_ns, uint8_t *out,
                  size_t slot_size, uint32_t *lens, size_t out_n, size_t max_frames,
                  ox_police_stats *stats);
+long ox_rx_serve_wait(int fd, ox_police *p, ox_serve *s, int tx_fd, uint8_t *out,
+                      size_t slot_size, uint32_t *lens, size_t out_n, size_t max_frames,
+                      ox_police_stats *stats, uint64_t spin_ns, int timeout_ms, int wake_fd);
 long ox_rx_police(int fd, ox_police *p, uint64_t now_ns, uint8_t *out, size_t slot_size,
                   uint32_t *lens, size_t out_n, size_t max_frames, ox_police_stats *stats);
 

@@ -5,6 +5,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <sched.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -1122,6 +1123,62 @@ long ox_rx_serve(int fd, ox_police *p, ox_serve *s, int tx_fd, uint64_t now_ns, 
         police_backlog(fd, p, top, ours, now_ns, stats);
     stats->flagged = p->flagged_total;
     return (long)kept;
+}
+
+static uint64_t mono_ns(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (uint64_t)t.tv_sec * 1000000000u + (uint64_t)t.tv_nsec;
+}
+
+long ox_rx_serve_wait(int fd, ox_police *p, ox_serve *s, int tx_fd, uint8_t *out,
+                      size_t slot_size, uint32_t *lens, size_t out_n, size_t max_frames,
+                      ox_police_stats *stats, uint64_t spin_ns, int timeout_ms, int wake_fd)
+{
+    uint64_t start, busy_since, flagged0, served;
+
+    if (stats == NULL || timeout_ms < 0)
+        return -1;
+    start = busy_since = mono_ns();
+    flagged0 = stats->flagged;
+    served = stats->served;
+    for (;;) {
+        /* now_ns in time.monotonic_ns()'s clock, like Python's calls. */
+        uint64_t now = mono_ns();
+        long n = ox_rx_serve(fd, p, s, tx_fd, now, out, slot_size, lens, out_n, max_frames,
+                             stats);
+        if (n != 0 || stats->flagged != flagged0)
+            return n;
+        now = mono_ns();
+        if (stats->served != served) {
+            served = stats->served;
+            busy_since = now;
+        }
+        uint64_t limit = (uint64_t)timeout_ms * 1000000u;
+        if (now - start >= limit)
+            return 0;
+        struct pollfd pfd[2] = {{.fd = fd, .events = POLLIN}, {.fd = wake_fd, .events = POLLIN}};
+        nfds_t nfds = wake_fd >= 0 ? 2 : 1;
+        int r;
+        if (now - busy_since < spin_ns) {
+            /* Busy-poll: the next READ of a lone sled comes right after its
+             * DATA, and a sleeping (virtual) CPU takes tens of microseconds
+             * to wake. Never at the expense of anything else runnable. */
+            r = poll(pfd, nfds, 0);
+            if (r == 0) {
+                sched_yield();
+                continue;
+            }
+        } else {
+            uint64_t left = limit - (now - start);
+            r = poll(pfd, nfds, (int)((left + 999999u) / 1000000u));
+        }
+        if (r < 0)
+            return errno == EINTR ? 0 : -1; /* a signal: Python's turn */
+        if (r == 0 || (nfds == 2 && pfd[1].revents != 0))
+            return 0;
+    }
 }
 
 long ox_rx_police(int fd, ox_police *p, uint64_t now_ns, uint8_t *out, size_t slot_size,

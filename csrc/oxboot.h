@@ -387,6 +387,17 @@ void ox_serve_totals_get(ox_serve *s, ox_serve_totals *out);
 long ox_rx_serve(int fd, ox_police *p, ox_serve *s, int tx_fd, uint64_t now_ns, uint8_t *out,
                  size_t slot_size, uint32_t *lens, size_t out_n, size_t max_frames,
                  ox_police_stats *stats);
+/*
+ * ox_rx_serve in a loop, sleeping in poll() in between, until there are
+ * frames for Python (returns how many), the policer flags a source, or
+ * timeout_ms pass, a signal comes or wake_fd (-1: none) is readable
+ * (returns 0): READs of the sessions in s are answered without a trip
+ * through Python. For spin_ns after each READ answered it polls without
+ * sleeping (0: never). -1 with errno on a socket error.
+ */
+long ox_rx_serve_wait(int fd, ox_police *p, ox_serve *s, int tx_fd, uint8_t *out,
+                      size_t slot_size, uint32_t *lens, size_t out_n, size_t max_frames,
+                      ox_police_stats *stats, uint64_t spin_ns, int timeout_ms, int wake_fd);
 
 /* Pure validation of a received DATA frame, shared by ox_rx_data and the
  * tests: returns payload length n (>= 0) and the offset, or -1. */

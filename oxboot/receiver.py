@@ -16,6 +16,7 @@ takes.
 
 from __future__ import annotations
 
+import math
 import threading
 from dataclasses import dataclass
 
@@ -99,13 +100,18 @@ class Receiver:
     def fast(self) -> bool:
         return self._table != ffi.NULL
 
-    def receive(self, now_ns: int) -> list[memoryview]:
-        """Frames waiting on the socket that passed the policer (and were
-        not READs the C core answered); owner only."""
+    def receive(self, timeout: float = 0.0, spin: float = 0.0,
+                wake_fd: int = -1) -> list[memoryview]:
+        """Frames that passed the policer and were not READs the C core
+        answered, waiting up to `timeout` seconds for some (or for a source
+        flagged, a signal, `wake_fd` readable), polling without sleeping for
+        `spin` seconds after each READ answered; owner only."""
         if self._drops:
             self._apply_drops()
-        n = lib.ox_rx_serve(self.link.fileno(), self._police, self._table, self._tx_fd, now_ns,
-                            self._buf, RX_SLOT, self._lens, RX_KEEP, RX_DRAIN, self._pstats)
+        n = lib.ox_rx_serve_wait(self.link.fileno(), self._police, self._table, self._tx_fd,
+                                 self._buf, RX_SLOT, self._lens, RX_KEEP, RX_DRAIN,
+                                 self._pstats, int(spin * 1e9), math.ceil(timeout * 1000),
+                                 wake_fd)
         if n < 0:
             raise OSError(ffi.errno, f"{self.link.ifname}: receive failed")
         view, lens = self._view, self._lens

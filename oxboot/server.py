@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import mmap
 import os
-import select
 import sys
 import tempfile
 import threading
@@ -208,15 +207,6 @@ class SledState:
     high: int = 0
 
 
-def _spin(poller: select.poll, until: float) -> bool:
-    """Poll without sleeping until `until`; True once a frame is waiting."""
-    while time.monotonic() < until:
-        if poller.poll(0):
-            return True
-        os.sched_yield()  # never at the expense of anything else runnable
-    return False
-
-
 class Server:
     """Serve images on one link until stopped (or, with `once`, one boot)."""
 
@@ -385,16 +375,12 @@ class Server:
         start = time.monotonic()
         rx = self.receivers[0]
         rx.owner = threading.get_ident()
-        poller = select.poll()
-        poller.register(self.link.fileno(), select.POLLIN)
-        poller.register(self._wake_r, select.POLLIN)
         for i, other in enumerate(self.receivers[1:], 1):
             t = threading.Thread(target=self._worker, args=(other,), name=f"oxboot-rx{i}",
                                  daemon=True)
             self._threads.append(t)
             t.start()
         next_tick = start + 1.0
-        last_frame = -1e9
         if self.on_ready is not None:
             self.on_ready(self)
         while not self._stop:
@@ -403,24 +389,24 @@ class Server:
                     now - start > self.hello_timeout:
                 raise ImageError(f"no HELLO within {self.hello_timeout:g} seconds")
             # Worker 0 runs here: while it has DATA to send, only peek at the
-            # socket between jobs; otherwise sleep until a frame or a tick.
+            # socket between jobs; otherwise wait in C, which answers the
+            # READs of established sessions itself, until a frame for
+            # Python, a tick or a worker's wake-up.
             inline = rx.tx
             if inline.pending:
                 timeout = 0.0
             else:
                 timeout = max(0.0, min(next_tick, start + (self.hello_timeout or 1e9)) - now)
-            # Busy-poll a moment before sleeping while one sled boots: an OS
+            # Busy-poll a moment after each READ while one sled boots: an OS
             # client's next READ comes right after our last DATA, and a
             # sleeping (virtual) CPU takes tens of microseconds to wake. With
             # more sleds there is work waiting most of the time, and spinning
             # would only take CPU from whatever else runs on this host (16
             # emulated sleds on 2 cores: twice as slow with it).
-            ready = timeout > 0 and self.busy_poll > 0 and now - last_frame < 1.0 and \
-                len(self.sleds) <= 1 and _spin(poller, now + self.busy_poll)
-            if ready or poller.poll(timeout * 1000):
-                now = last_frame = time.monotonic()
-                if self._handle(rx, now):
-                    return 0
+            spin = self.busy_poll if len(self.sleds) <= 1 else 0.0
+            if self._handle(rx, timeout, spin, self._wake_r):
+                return 0
+            now = time.monotonic()
             inline.serve_one()
             if self._failure is not None:
                 raise self._failure
@@ -433,13 +419,15 @@ class Server:
                     self._tick(now)
         return 0
 
-    def _handle(self, rx: Receiver, now: float) -> bool:
-        """Drain `rx` and act on what the C core left to Python; True once
-        the single boot asked for (-s) is done."""
-        received = rx.receive(time.monotonic_ns())
+    def _handle(self, rx: Receiver, timeout: float, spin: float = 0.0,
+                wake_fd: int = -1) -> bool:
+        """Wait on `rx` (see :meth:`Receiver.receive`) and act on what the C
+        core left to Python; True once the single boot asked for (-s) is done."""
+        received = rx.receive(timeout, spin, wake_fd)
         flagged = rx.flagged()
         if not received and not flagged:
             return False
+        now = time.monotonic()
         with self._lock:
             if flagged:
                 self._block(flagged, now)
@@ -454,18 +442,15 @@ class Server:
         """A receive loop of its own (workers after the first): its share of
         the sleds, split by the fanout, answered on its core."""
         rx.owner = threading.get_ident()
-        poller = select.poll()
-        poller.register(rx.link.fileno(), select.POLLIN)
         next_tick = next_snapshot = time.monotonic() + 1.0
         try:
             while not self._stop:
                 now = time.monotonic()
                 timeout = 0.0 if rx.tx.pending else \
                     min(max(0.0, next_tick - now), SNAPSHOT_SECONDS)
-                if poller.poll(timeout * 1000):
-                    now = time.monotonic()
-                    if self._handle(rx, now):
-                        os.write(self._wake_w, b"x")  # the main loop returns
+                if self._handle(rx, timeout):
+                    os.write(self._wake_w, b"x")  # the main loop returns
+                now = time.monotonic()
                 rx.tx.serve_one()
                 if now >= next_snapshot:
                     # Fresh counters for the main loop's stats (lag < 0.1 s).
