@@ -16,6 +16,7 @@
 
 #include <errno.h>
 #include <poll.h>
+#include <sched.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -158,6 +159,9 @@ static int ring_spin(ox_rxring *r, uint64_t spin_ns)
             __builtin_ia32_pause();
 #endif
         }
+        /* Never at the expense of anything else runnable (the server, the
+         * other sleds of a rack emulated on a few cores). */
+        sched_yield();
     } while (now_ns() < until);
     return 0;
 }

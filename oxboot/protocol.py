@@ -17,13 +17,14 @@ testable in memory, and lets the I/O layer stay a thin loop.
 from __future__ import annotations
 
 import enum
-import hashlib
 import math
 import struct
 from array import array
 from collections import Counter
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+
+from oxboot._native import Sha256
 
 __all__ = [
     "ACTIVE_WINDOW",
@@ -914,7 +915,10 @@ class ClientSession:
         """SHA-256 of ``ramdisk[:ramdisk_len]``, zeros past the buffer's end."""
         view = memoryview(ramdisk).cast("B")
         have = min(len(view), self.ramdisk_len)
-        digest = hashlib.sha256(view[:have])
+        # The C core's SHA-256: 30% faster than hashlib's on a ramdisk that
+        # has left the CPU caches (see ox_sha256_update).
+        digest = Sha256()
+        digest.update(view[:have])
         remaining = self.ramdisk_len - have
         zeros = memoryview(bytes(min(remaining, NETBOOT_ALIGN)))
         while remaining:
