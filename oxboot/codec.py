@@ -17,9 +17,7 @@ but is about 1.5x as fast as zlib-ng's streaming inflate; anything else
 
 from __future__ import annotations
 
-import mmap
 import os
-import queue
 import struct
 import zlib
 from collections import deque
@@ -29,6 +27,7 @@ from typing import BinaryIO, Protocol
 
 from oxboot._native import ffi, lib
 from oxboot.format import Codec, ImageError
+from oxboot.pipeline import BufferPool
 
 #: Fastest zlib level whose output stays within 0.5% of the original
 #: mkimage's (miniz level 9), i.e. <= 1.0091 x stdlib zlib level 9, on the
@@ -271,37 +270,6 @@ class _Limited:
     @property
     def left(self) -> int:
         return self._left
-
-
-class BufferPool:
-    """A few large output buffers, handed out and given back, so that blocks
-    of a decoded image are neither re-allocated nor re-faulted each time.
-    Anonymous mappings: memory is only used for what pieces actually fill."""
-
-    def __init__(self, count: int = 4, size: int = 0,
-                 check: Callable[[], None] | None = None) -> None:
-        self.size = size or PIECE_OUT
-        self._check = check
-        self._free: queue.SimpleQueue[mmap.mmap] = queue.SimpleQueue()
-        for _ in range(count):
-            self._free.put(mmap.mmap(-1, self.size, flags=mmap.MAP_PRIVATE))
-
-    def take(self) -> mmap.mmap:
-        """A free buffer; while waiting, `check` (say, that the consumer is
-        still alive: one that failed gives nothing back) may raise."""
-        while True:
-            try:
-                return self._free.get(timeout=0.05 if self._check else None)
-            except queue.Empty:
-                assert self._check is not None
-                self._check()
-
-    def give(self, block: bytes | memoryview) -> None:
-        """Give back the buffer under `block` (a no-op for other blocks)."""
-        if isinstance(block, memoryview) and isinstance(block.obj, mmap.mmap):
-            buf = block.obj
-            block.release()
-            self._free.put(buf)
 
 
 def decode(codec: Codec, f: BinaryIO, data_size: int, image_size: int,

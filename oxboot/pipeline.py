@@ -6,6 +6,7 @@ so a few threads overlap reading, hashing, compressing and writing.
 
 from __future__ import annotations
 
+import mmap
 import queue
 import threading
 from collections.abc import Callable
@@ -66,3 +67,34 @@ class Worker(Generic[T]):
             pass
         self._q.put(_STOP)
         self._thread.join()
+
+
+class BufferPool:
+    """A few large output buffers, handed out and given back, so that blocks
+    of a decoded image are neither re-allocated nor re-faulted each time.
+    Anonymous mappings: memory is only used for what pieces actually fill."""
+
+    def __init__(self, count: int = 4, size: int = 16 << 20,
+                 check: Callable[[], None] | None = None) -> None:
+        self.size = size
+        self._check = check
+        self._free: queue.SimpleQueue[mmap.mmap] = queue.SimpleQueue()
+        for _ in range(count):
+            self._free.put(mmap.mmap(-1, self.size, flags=mmap.MAP_PRIVATE))
+
+    def take(self) -> mmap.mmap:
+        """A free buffer; while waiting, `check` (say, that the consumer is
+        still alive: one that failed gives nothing back) may raise."""
+        while True:
+            try:
+                return self._free.get(timeout=0.05 if self._check else None)
+            except queue.Empty:
+                assert self._check is not None
+                self._check()
+
+    def give(self, block: bytes | memoryview) -> None:
+        """Give back the buffer under `block` (a no-op for other blocks)."""
+        if isinstance(block, memoryview) and isinstance(block.obj, mmap.mmap):
+            buf = block.obj
+            block.release()
+            self._free.put(buf)

@@ -1,11 +1,12 @@
 """lookimage and extract: read a boot image, check it, optionally write the
 raw image out.
 
-The data is read once. Decoding (zlib or zstd, GIL released) runs on the
-calling thread while SHA-256 (C core) and any output write run on their own
-thread, so a compressed image verifies in about the time of the slower of
-inflate and hash, not their sum. zlib pieces are inflated into a few reused
-buffers (codec.BufferPool) that the hashing thread hands back.
+The data is read once. Reading or decoding (zlib or zstd, GIL released)
+runs on the calling thread while SHA-256 (C core) and any output write run
+on their own thread, so a compressed image verifies in about the time of the
+slower of inflate and hash, not their sum. zlib pieces are inflated into a few reused
+buffers (pipeline.BufferPool) that the hashing thread hands back; so are
+uncompressed blocks, the kernel's copy overlapping the hash.
 """
 
 from __future__ import annotations
@@ -19,11 +20,15 @@ from typing import Protocol
 from oxboot._native import Sha256
 from oxboot.format import HEADER_SIZE, Codec, Header, ImageError
 from oxboot.fsutil import AtomicFile, describe_os_error
-from oxboot.pipeline import Worker
+from oxboot.pipeline import BufferPool, Worker
 from oxboot.progress import Progress
 
 #: Small enough that a block is still in cache when it is hashed.
 READ_BLOCK = 1 << 20
+#: Uncompressed data is read in blocks of this size, RAW_BUFFERS of them in
+#: flight between the reading and the hashing thread.
+RAW_BLOCK = 4 << 20
+RAW_BUFFERS = 3
 
 
 @dataclass
@@ -173,22 +178,37 @@ def copy_data(f, header: Header, out: Sink | None,  # noqa: ANN001
 
 def _stored(f, size: int, hasher: Sha256, out: Sink | None,  # noqa: ANN001
             meter: Progress) -> int:
-    """Uncompressed data: read into one reused buffer and hash it while it is
-    still in the CPU cache (faster than a hand-off to another thread)."""
-    buf = bytearray(READ_BLOCK)
-    view = memoryview(buf)
+    """Uncompressed data: read here into a few large buffers, hash (and
+    write) on a worker thread, so the kernel's copy out of the page cache
+    overlaps the hash (1 GiB: 0.63 s, against 0.72-0.78 s for reading and
+    hashing in turn and 0.72 s for openssl dgst; bench/notes.md)."""
     left = size
     readinto = f.raw.readinto if hasattr(f, "raw") else f.readinto
-    while left:
-        n = readinto(view[:min(left, READ_BLOCK)])
-        if not n:
-            break
-        block = view[:n]
-        hasher.update(block)
-        if out is not None:
-            out.write_all(block)
-        left -= n
-        meter.advance(n)
+
+    def consume(block: memoryview) -> None:
+        try:
+            hasher.update(block)
+            if out is not None:
+                out.write_all(block)
+        finally:
+            pool.give(block)
+
+    worker: Worker[memoryview] = Worker(consume, depth=RAW_BUFFERS, name="sha256")
+    pool = BufferPool(RAW_BUFFERS, min(RAW_BLOCK, max(size, 1)), check=worker.check)
+    try:
+        while left:
+            buf = pool.take()
+            n = readinto(memoryview(buf)[:min(left, pool.size)])
+            if not n:
+                pool.give(memoryview(buf))
+                break
+            worker.put(memoryview(buf)[:n])
+            left -= n
+            meter.advance(n)
+        worker.join()
+    except BaseException:
+        worker.abort()
+        raise
     return size - left
 
 
@@ -211,7 +231,7 @@ def _decoded(f, header: Header, hasher: Sha256, out: Sink | None,  # noqa: ANN00
 
     produced = 0
     worker: Worker[bytes | memoryview] = Worker(consume, depth=8, name="sha256")
-    pool = codecs.BufferPool(check=worker.check)
+    pool = codecs.BufferPool(size=codecs.PIECE_OUT, check=worker.check)
     try:
         for block in codecs.decode(header.codec, f, header.data_size, header.image_size,
                                    on_read=meter.advance, step=READ_BLOCK, pool=pool):
