@@ -41,7 +41,9 @@ def _image(d: Path, size: int) -> Path:
 
 @pytest.fixture(scope="module")
 def small(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return _image(tmp_path_factory.mktemp("scale"), 64 << 20)
+    img = _image(tmp_path_factory.mktemp("scale"), 64 << 20)
+    os.sync()  # no writeback of earlier benchmarks' files while measuring
+    return img
 
 
 def _serve(lab: Lab, extra: list[str], image: Path, tmp: Path, sleds: int,
