@@ -190,12 +190,21 @@ def test_lookimage_zlib_overlap(benchmark, warm: Path, tmp_path: Path) -> None:
     slower = max(inflate_t, hash_t)
     note("lookimage_zlib", cli_seconds=round(ours, 3), sum_of_parts=round(inflate_t + hash_t, 3),
          zlib_ng_inflate_seconds=round(zlib_ng_t, 3))
+    # Both figures are recorded whatever the first one shows.
+    failed = []
     if not QUICK:  # the original's time is for the 1 GiB set
-        record("lookimage_zlib_vs_original", ORIGINAL_LOOKIMAGE_Z_SECONDS / ours,
-               seconds=round(ours, 3), original_seconds=ORIGINAL_LOOKIMAGE_Z_SECONDS)
-    record("lookimage_zlib_vs_slower_half", whole_t / slower, seconds=round(whole_t, 3),
-           inflate_seconds=round(inflate_t, 3), hash_seconds=round(hash_t, 3),
-           cli_seconds=round(ours, 3))
+        try:
+            record("lookimage_zlib_vs_original", ORIGINAL_LOOKIMAGE_Z_SECONDS / ours,
+                   seconds=round(ours, 3), original_seconds=ORIGINAL_LOOKIMAGE_Z_SECONDS)
+        except AssertionError as e:
+            failed.append(str(e))
+    try:
+        record("lookimage_zlib_vs_slower_half", whole_t / slower, seconds=round(whole_t, 3),
+               inflate_seconds=round(inflate_t, 3), hash_seconds=round(hash_t, 3),
+               cli_seconds=round(ours, 3))
+    except AssertionError as e:
+        failed.append(str(e))
+    assert not failed, failed
 
 
 def test_python_startup_cost() -> None:

@@ -125,6 +125,23 @@ int ox_writeback(int fd, uint64_t offset, uint64_t len)
 #endif
 }
 
+/* ---- Transmit back-off ------------------------------------------------ */
+
+int ox_tx_backoff(int fd, unsigned waited, ox_tx_stats *stats)
+{
+    if (waited < 1000) {
+        sched_yield();
+        return 0;
+    }
+    struct pollfd p = {.fd = fd, .events = POLLOUT};
+    (void)poll(&p, 1, 1);
+    if (waited > 6000) {
+        stats->last_errno = ETIMEDOUT;
+        return -1;
+    }
+    return 0;
+}
+
 /* ---- Frames ----------------------------------------------------------- */
 
 static void put_be32(uint8_t *p, uint32_t v)

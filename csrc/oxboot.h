@@ -243,6 +243,11 @@ typedef struct {
     int hint; /* the slot after the last one filled */
 } ox_rx_target;
 int ox_rx_target_ok(const ox_rx_target *t);
+/* A transmit path waiting for the kernel to take or give back frames, for
+ * the `waited`-th time in a row: yield the CPU for the first 1000, then
+ * sleep in poll() 1 ms at a time; past 6000 (some 5 s) give up: -1 with
+ * stats->last_errno = ETIMEDOUT. */
+int ox_tx_backoff(int fd, unsigned waited, ox_tx_stats *stats);
 void ox_rx_data_frame(ox_rx_target *t, const uint8_t *f, size_t flen, int truncated);
 
 /*

@@ -118,24 +118,17 @@ long ox_txring_send_data(ox_txring *r, const uint8_t *dst, const uint8_t *src,
 
     for (size_t i = 0; i < n; i++) {
         struct tpacket2_hdr *h = slot(r, r->head);
-        int waited = 0;
-        /* The slot is ours when the kernel has sent what it held. */
+        unsigned waited = 0;
+        /* The slot is ours when the kernel has sent what it held; it frees
+         * sent frames moments later (on veth, once the peer has taken
+         * them): yield, then sleep. */
         while (__atomic_load_n(&h->tp_status, __ATOMIC_ACQUIRE) != TP_STATUS_AVAILABLE) {
             if (pending) {
                 if (flush(r, stats) != 0)
                     return -1;
                 pending = 0;
-            } else if (++waited < 1000) {
-                /* The kernel frees sent frames moments later (on veth, once
-                 * the peer has taken them): yield rather than sleep. */
-                sched_yield();
-            } else {
-                struct pollfd p = {.fd = r->fd, .events = POLLOUT};
-                (void)poll(&p, 1, 1);
-                if (waited > 6000) {
-                    stats->last_errno = ETIMEDOUT;
-                    return -1;
-                }
+            } else if (ox_tx_backoff(r->fd, ++waited, stats) != 0) {
+                return -1;
             }
         }
         uint8_t *frame = (uint8_t *)h + data_off;

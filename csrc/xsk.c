@@ -237,18 +237,10 @@ static int kick(ox_xsk *x, ox_tx_stats *stats)
             return -1;
         }
         uint32_t got = reap(x);
-        if (got || __atomic_load_n(x->tx_cons, __ATOMIC_ACQUIRE) != before) {
+        if (got || __atomic_load_n(x->tx_cons, __ATOMIC_ACQUIRE) != before)
             stalls = 0;
-        } else if (++stalls < 1000) {
-            sched_yield();
-        } else {
-            struct pollfd p = {.fd = x->fd, .events = POLLOUT};
-            (void)poll(&p, 1, 1);
-            if (stalls > 6000) {
-                stats->last_errno = ETIMEDOUT;
-                return -1;
-            }
-        }
+        else if (ox_tx_backoff(x->fd, ++stalls, stats) != 0)
+            return -1;
     }
 }
 
@@ -278,20 +270,9 @@ static long send_frames(ox_xsk *x, const uint8_t *dst, const uint8_t *src,
             if (kick(x, stats) != 0)
                 return -1;
             pending = 0;
-            for (unsigned waited = 0; x->free_n == 0; waited++) {
-                if (reap(x))
-                    break;
-                if (waited < 1000) {
-                    sched_yield();
-                } else {
-                    struct pollfd p = {.fd = x->fd, .events = POLLOUT};
-                    (void)poll(&p, 1, 1);
-                    if (waited > 6000) {
-                        stats->last_errno = ETIMEDOUT;
-                        return -1;
-                    }
-                }
-            }
+            for (unsigned waited = 0; x->free_n == 0 && !reap(x);)
+                if (ox_tx_backoff(x->fd, ++waited, stats) != 0)
+                    return -1;
         }
         uint32_t idx = x->free_idx[x->free_n - 1];
         uint64_t addr = (uint64_t)idx * XSK_FRAME;

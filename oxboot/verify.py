@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -176,6 +177,22 @@ def copy_data(f, header: Header, out: Sink | None,  # noqa: ANN001
         )
 
 
+def _consumer(hasher: Sha256, out: Sink | None,
+              pool: BufferPool) -> Callable[[bytes | memoryview], None]:
+    """The hashing thread's work on each block: hash, write, hand the
+    buffer back to `pool`."""
+
+    def consume(block: bytes | memoryview) -> None:
+        try:
+            hasher.update(block)
+            if out is not None:
+                out.write_all(block)
+        finally:
+            pool.give(block)
+
+    return consume
+
+
 def _stored(f, size: int, hasher: Sha256, out: Sink | None,  # noqa: ANN001
             meter: Progress) -> int:
     """Uncompressed data: read here into a few large buffers, hash (and
@@ -184,17 +201,10 @@ def _stored(f, size: int, hasher: Sha256, out: Sink | None,  # noqa: ANN001
     hashing in turn and 0.72 s for openssl dgst; bench/notes.md)."""
     left = size
     readinto = f.raw.readinto if hasattr(f, "raw") else f.readinto
-
-    def consume(block: memoryview) -> None:
-        try:
-            hasher.update(block)
-            if out is not None:
-                out.write_all(block)
-        finally:
-            pool.give(block)
-
-    worker: Worker[memoryview] = Worker(consume, depth=RAW_BUFFERS, name="sha256")
-    pool = BufferPool(RAW_BUFFERS, min(RAW_BLOCK, max(size, 1)), check=worker.check)
+    # While waiting for a buffer, make sure the hashing thread still lives.
+    pool = BufferPool(RAW_BUFFERS, min(RAW_BLOCK, max(size, 1)), check=lambda: worker.check())
+    worker: Worker[memoryview] = Worker(_consumer(hasher, out, pool), depth=RAW_BUFFERS,
+                                        name="sha256")
     try:
         while left:
             buf = pool.take()
@@ -221,17 +231,10 @@ def _decoded(f, header: Header, hasher: Sha256, out: Sink | None,  # noqa: ANN00
     # lookimage's time on small images.
     from oxboot import codec as codecs
 
-    def consume(block: bytes | memoryview) -> None:
-        try:
-            hasher.update(block)
-            if out is not None:
-                out.write_all(block)
-        finally:
-            pool.give(block)
-
     produced = 0
-    worker: Worker[bytes | memoryview] = Worker(consume, depth=8, name="sha256")
-    pool = codecs.BufferPool(size=codecs.PIECE_OUT, check=worker.check)
+    pool = BufferPool(size=codecs.PIECE_OUT, check=lambda: worker.check())
+    worker: Worker[bytes | memoryview] = Worker(_consumer(hasher, out, pool), depth=8,
+                                                name="sha256")
     try:
         for block in codecs.decode(header.codec, f, header.data_size, header.image_size,
                                    on_read=meter.advance, step=READ_BLOCK, pool=pool):
