@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -19,6 +18,7 @@ import pytest
 from conftest import QUICK, note, record, script
 
 from oxboot import build_image
+from oxboot.link import af_xdp_unavailable
 from oxboot.netlab import Lab, wait_for
 
 HERE = Path(__file__).resolve().parent
@@ -85,19 +85,10 @@ def test_two_workers_vs_one_for_eight_sleds(lab: Lab, small: Path, tmp_path: Pat
            sleds=8, offered_fps=32000 * 128)
 
 
-def _xdp_unavailable() -> str | None:
-    """Why --tx xdp cannot be measured here (no AF_XDP sockets), or None."""
-    try:
-        socket.socket(44, socket.SOCK_RAW, 0).close()  # AF_XDP
-    except OSError as e:
-        return f"the kernel offers no AF_XDP sockets: {e.strerror}"
-    return None
-
-
 def test_transmit_mechanisms(lab: Lab, small: Path, tmp_path: Path) -> None:
     results: dict[str, dict[str, object]] = {}
     methods = ["auto", "sendmmsg", "ring", "send"]
-    if why := _xdp_unavailable():
+    if why := af_xdp_unavailable():
         results["xdp"] = {"skipped": why}
     else:
         methods.append("xdp")

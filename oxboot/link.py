@@ -44,6 +44,18 @@ XSK_FRAMES = 1024  # UMEM chunks of an AF_XDP socket (a power of two)
 MAX_BLOCKED: int = lib.OX_MAX_BLOCKED  # sources one socket filter can drop
 
 
+AF_XDP = 44  # socket family (Linux); the socket module does not name it
+
+
+def af_xdp_unavailable() -> str | None:
+    """Why this kernel cannot open AF_XDP sockets (``--tx xdp``), or None."""
+    try:
+        socket.socket(AF_XDP, socket.SOCK_RAW, 0).close()
+    except OSError as e:
+        return f"the kernel offers no AF_XDP sockets: {e.strerror}"
+    return None
+
+
 class LinkError(OSError):
     """The interface cannot be used (missing, down, no permission)."""
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import socket
 import subprocess
 import sys
 import time
@@ -18,6 +17,7 @@ import pytest
 from conftest import command
 
 from oxboot import Codec, build_image
+from oxboot.link import af_xdp_unavailable
 from oxboot.netlab import Host, Lab, lingering_namespaces, sh, wait_for
 
 HERE = Path(__file__).resolve().parent
@@ -105,19 +105,10 @@ def wait_listening(log: Path) -> None:
              "the boot server to start")
 
 
-def xdp_unavailable() -> str | None:
-    """Why this kernel cannot open AF_XDP sockets (--tx xdp), or None."""
-    try:
-        socket.socket(44, socket.SOCK_RAW, 0).close()  # AF_XDP
-    except OSError as e:
-        return f"no AF_XDP sockets here: {e.strerror}"
-    return None
-
-
 @pytest.mark.parametrize("extra", [[], ["--workers", "2"], ["--tx", "ring"], ["--tx", "send"],
                                    ["--tx", "xdp"], ["--busy-poll", "0"]], ids=" ".join)
 def test_single_sled_boot(lab: Lab, images: dict, tmp_path: Path, extra: list[str]) -> None:
-    if "xdp" in extra and (why := xdp_unavailable()):
+    if "xdp" in extra and (why := af_xdp_unavailable()):
         pytest.skip(why)
     srv, sled = lab.pair()
     img, raw = images["plain"]
@@ -145,7 +136,7 @@ def test_single_sled_boot(lab: Lab, images: dict, tmp_path: Path, extra: list[st
     forced = extra[1] if extra[:1] == ["--tx"] else None
     if forced is not None:
         assert set(methods) == {forced}, methods
-    elif xdp_unavailable() is None:
+    elif af_xdp_unavailable() is None:
         assert methods == ["xdp", "sendmmsg"][:len(methods)], methods
     else:
         assert set(methods) == {"sendmmsg"}, methods
@@ -153,7 +144,7 @@ def test_single_sled_boot(lab: Lab, images: dict, tmp_path: Path, extra: list[st
 
 def test_xdp_with_more_workers_than_queues_is_a_one_line_error(lab: Lab, images: dict,
                                                               tmp_path: Path) -> None:
-    if why := xdp_unavailable():
+    if why := af_xdp_unavailable():
         pytest.skip(why)
     srv, _ = lab.pair()  # a veth has one queue: worker 1 has none to bind to
     p = subprocess.run(srv.cmd([*command("bootserver"), "--tx", "xdp", "--workers", "2",

@@ -20,23 +20,14 @@ import pytest
 from test_core import DST, SRC, CBuf, Receiver, _tx_offsets, expected_frame, image_bytes
 
 from oxboot._native import ffi, lib
+from oxboot.link import af_xdp_unavailable
 from oxboot.netlab import Host, Lab, lingering_namespaces
 
-AF_XDP = 44
 ETHERTYPE = 0x1DE0
 CLONE_NEWNET = 0x40000000
 SO_RCVBUFFORCE = 33
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (namespaces, AF_XDP)")
-
-
-def xdp_unavailable() -> str | None:
-    """Why AF_XDP cannot be used here, or None."""
-    try:
-        socket.socket(AF_XDP, socket.SOCK_RAW, 0).close()
-    except OSError as e:
-        return f"no AF_XDP sockets: {e.strerror}"
-    return None
 
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -64,7 +55,7 @@ def netns(ns: str) -> Iterator[None]:
 
 @pytest.fixture
 def veth() -> Iterator[tuple[Host, Host]]:
-    why = xdp_unavailable()
+    why = af_xdp_unavailable()
     if why:
         pytest.skip(why)
     lab = Lab()
