@@ -125,6 +125,15 @@ int ox_writeback(int fd, uint64_t offset, uint64_t len)
 #endif
 }
 
+/* ---- Time ------------------------------------------------------------- */
+
+uint64_t ox_mono_ns(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (uint64_t)t.tv_sec * 1000000000u + (uint64_t)t.tv_nsec;
+}
+
 /* ---- Transmit back-off ------------------------------------------------ */
 
 int ox_tx_backoff(int fd, unsigned waited, ox_tx_stats *stats)
@@ -554,10 +563,10 @@ long ox_rx_data_wait(int fd, const uint8_t *self_mac, const uint8_t *server, uin
                      size_t *other_len, size_t max_frames, int timeout_ms,
                      ox_rx_stats *stats)
 {
-    struct timespec t0, t;
+    uint64_t start = ox_mono_ns();
     long total = 0;
 
-    if (timeout_ms < 0 || clock_gettime(CLOCK_MONOTONIC, &t0) != 0)
+    if (timeout_ms < 0)
         return -1;
     for (;;) {
         /* It checks the arguments: past it, the pointers are good. */
@@ -569,9 +578,7 @@ long ox_rx_data_wait(int fd, const uint8_t *self_mac, const uint8_t *server, uin
         total += n;
         if (*busy_count == 0 || *other_len != 0 || (size_t)total >= max_frames)
             return total;
-        if (clock_gettime(CLOCK_MONOTONIC, &t) != 0)
-            return -1;
-        long spent = (long)(t.tv_sec - t0.tv_sec) * 1000 + (t.tv_nsec - t0.tv_nsec) / 1000000;
+        long spent = (long)((ox_mono_ns() - start) / 1000000u);
         if (spent >= timeout_ms)
             return total;
         struct pollfd p = {.fd = fd, .events = POLLIN};
@@ -1142,13 +1149,6 @@ long ox_rx_serve(int fd, ox_police *p, ox_serve *s, int tx_fd, uint64_t now_ns, 
     return (long)kept;
 }
 
-static uint64_t mono_ns(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (uint64_t)t.tv_sec * 1000000000u + (uint64_t)t.tv_nsec;
-}
-
 long ox_rx_serve_wait(int fd, ox_police *p, ox_serve *s, int tx_fd, uint8_t *out,
                       size_t slot_size, uint32_t *lens, size_t out_n, size_t max_frames,
                       ox_police_stats *stats, uint64_t spin_ns, int timeout_ms, int wake_fd)
@@ -1157,17 +1157,17 @@ long ox_rx_serve_wait(int fd, ox_police *p, ox_serve *s, int tx_fd, uint8_t *out
 
     if (stats == NULL || timeout_ms < 0)
         return -1;
-    start = busy_since = mono_ns();
+    start = busy_since = ox_mono_ns();
     flagged0 = stats->flagged;
     served = stats->served;
     for (;;) {
         /* now_ns in time.monotonic_ns()'s clock, like Python's calls. */
-        uint64_t now = mono_ns();
+        uint64_t now = ox_mono_ns();
         long n = ox_rx_serve(fd, p, s, tx_fd, now, out, slot_size, lens, out_n, max_frames,
                              stats);
         if (n != 0 || stats->flagged != flagged0)
             return n;
-        now = mono_ns();
+        now = ox_mono_ns();
         if (stats->served != served) {
             served = stats->served;
             busy_since = now;

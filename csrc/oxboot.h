@@ -248,6 +248,8 @@ int ox_rx_target_ok(const ox_rx_target *t);
  * sleep in poll() 1 ms at a time; past 6000 (some 5 s) give up: -1 with
  * stats->last_errno = ETIMEDOUT. */
 int ox_tx_backoff(int fd, unsigned waited, ox_tx_stats *stats);
+/* CLOCK_MONOTONIC in nanoseconds: the clock of Python's time.monotonic(). */
+uint64_t ox_mono_ns(void);
 void ox_rx_data_frame(ox_rx_target *t, const uint8_t *f, size_t flen, int truncated);
 
 /*

@@ -21,7 +21,6 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
-#include <time.h>
 #include <linux/if_packet.h>
 
 struct ox_rxring {
@@ -94,14 +93,6 @@ void ox_rxring_close(ox_rxring *r)
     free(r);
 }
 
-static long elapsed_ms(const struct timespec *t0)
-{
-    struct timespec t;
-    if (clock_gettime(CLOCK_MONOTONIC, &t) != 0)
-        return -1;
-    return (long)(t.tv_sec - t0->tv_sec) * 1000 + (t.tv_nsec - t0->tv_nsec) / 1000000;
-}
-
 /* Take the frames the kernel has handed over, up to `max_frames`; stop at
  * the end of the batch or at a frame for Python. */
 static size_t ring_drain(ox_rxring *r, ox_rx_target *t, size_t max_frames, int idle)
@@ -135,13 +126,6 @@ static size_t ring_drain(ox_rxring *r, ox_rx_target *t, size_t max_frames, int i
     return total;
 }
 
-static uint64_t now_ns(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (uint64_t)t.tv_sec * 1000000000u + (uint64_t)t.tv_nsec;
-}
-
 /* 1 if a frame is waiting at the head within spin_ns, else 0. */
 static int ring_spin(ox_rxring *r, uint64_t spin_ns)
 {
@@ -150,7 +134,7 @@ static int ring_spin(ox_rxring *r, uint64_t spin_ns)
     uint64_t until;
     if (spin_ns == 0)
         return 0;
-    until = now_ns() + spin_ns;
+    until = ox_mono_ns() + spin_ns;
     do {
         for (int i = 0; i < 64; i++) {
             if (__atomic_load_n(&h->tp_status, __ATOMIC_ACQUIRE) & TP_STATUS_USER)
@@ -162,15 +146,8 @@ static int ring_spin(ox_rxring *r, uint64_t spin_ns)
         /* Never at the expense of anything else runnable (the server, the
          * other sleds of a rack emulated on a few cores). */
         sched_yield();
-    } while (now_ns() < until);
+    } while (ox_mono_ns() < until);
     return 0;
-}
-
-static double monotonic_seconds(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + (double)t.tv_nsec / 1e9;
 }
 
 /* The batch is complete: start the next one as ClientSession.poll would,
@@ -184,7 +161,7 @@ static int next_batch(ox_rxring *r, ox_rx_target *t, ox_rx_next *next)
 
     if (t->stats->eof != 0 || base >= next->data_size || base > UINT64_MAX - span)
         return 0;
-    now = monotonic_seconds();
+    now = (double)ox_mono_ns() / 1e9;
     for (unsigned i = 0; i < OX_SLOTS; i++) {
         t->slot_offsets[i] = base + (uint64_t)i * OX_CHUNK;
         t->slot_busy[i] = 1;
@@ -210,9 +187,8 @@ long ox_rxring_data_wait(ox_rxring *r, const uint8_t *self_mac, const uint8_t *s
 {
     ox_rx_target t = {self_mac, server, ram, ram_len, slot_offsets, slot_busy, busy_count,
                           other, other_cap, other_len, stats, 0};
-    struct timespec t0;
     size_t total = 0, batch_seen = 0;
-    uint64_t batch_t0, spin;
+    uint64_t start, batch_t0, spin;
     int idle;
 
     if (r == NULL || timeout_ms < 0 || !ox_rx_target_ok(&t) ||
@@ -223,13 +199,11 @@ long ox_rxring_data_wait(ox_rxring *r, const uint8_t *self_mac, const uint8_t *s
     *other_len = 0;
     /* Nothing outstanding: return with whatever arrives first. */
     idle = *busy_count == 0;
-    if (clock_gettime(CLOCK_MONOTONIC, &t0) != 0)
-        return -1;
-    batch_t0 = now_ns();
+    start = batch_t0 = ox_mono_ns();
     for (;;) {
         size_t got = ring_drain(r, &t, max_frames - total, idle);
         if (got > 0 && batch_seen == 0 && !idle)
-            r->first_wait_ns = now_ns() - batch_t0;
+            r->first_wait_ns = ox_mono_ns() - batch_t0;
         batch_seen += got;
         total += got;
         if (*other_len != 0 || total >= max_frames)
@@ -237,12 +211,10 @@ long ox_rxring_data_wait(ox_rxring *r, const uint8_t *self_mac, const uint8_t *s
         if (idle ? total > 0 : *busy_count == 0) {
             if (idle || next == NULL || !next_batch(r, &t, next))
                 return (long)total;
-            batch_t0 = now_ns();
+            batch_t0 = ox_mono_ns();
             batch_seen = 0;
         }
-        long spent = elapsed_ms(&t0);
-        if (spent < 0)
-            return -1;
+        long spent = (long)((ox_mono_ns() - start) / 1000000u);
         if (spent >= timeout_ms)
             return (long)total;
         /* Look again for a while before sleeping: within a burst the next
