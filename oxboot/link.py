@@ -31,7 +31,8 @@ MAX_FRAME = 2048
 #: DATA transmit mechanisms, the default first (BENCHMARKS.md): ``auto``
 #: takes an AF_XDP socket in copy mode where one can be set up on the
 #: worker's device queue (one copy into the UMEM, a descriptor per frame, a
-#: sendto() per 128; 10-20% more frames than sendmmsg on veth, bench/notes.md)
+#: sendto() after 16 frames, then per 32; 10-20% more frames than sendmmsg
+#: on veth, bench/notes.md)
 #: and sendmmsg otherwise (no AF_XDP in the kernel, a queue per worker
 #: taken, no locked memory allowed). The others force one mechanism, for
 #: diagnosis: sendmmsg with iovecs into the image mapping (no user-space
@@ -162,13 +163,14 @@ class RawLink:
         self.tx = TxStats()
         if tx_method == "ring":
             self._open_ring()
-        elif tx_method == "xdp":
-            self._open_xsk(tx_queue)
-        elif tx_method == "auto":
+        elif tx_method in ("xdp", "auto"):
             try:
-                self._open_xsk(tx_queue, keep_socket=True)
+                self._open_xsk(tx_queue)
                 self.tx_method = "xdp"
             except LinkError as e:
+                if tx_method == "xdp":
+                    self.sock.close()
+                    raise
                 self.tx_method = "sendmmsg"
                 self.tx_fallback = e.strerror or str(e)
 
@@ -195,14 +197,12 @@ class RawLink:
         self._txsock = tx if tx is not self.sock else None
         self._ring = ring
 
-    def _open_xsk(self, queue: int, keep_socket: bool = False) -> None:
+    def _open_xsk(self, queue: int) -> None:
         # An AF_XDP socket of its own, for DATA only: frames we receive and
         # the other frames we send stay on the packet socket.
         xsk = lib.ox_xsk_open(self.ifindex, queue, XSK_FRAMES)
         if xsk == ffi.NULL:
             code = ffi.errno
-            if not keep_socket:
-                self.sock.close()
             hint = ""
             if code == errno.EAFNOSUPPORT:
                 hint = " (the kernel has no AF_XDP)"
@@ -211,6 +211,7 @@ class RawLink:
             raise LinkError(code, f"{self.ifname}: cannot set up AF_XDP transmit on queue "
                             f"{queue}: {os.strerror(code)}{hint}")
         self._xsk = xsk
+
     def add_unicast(self, mac: bytes) -> None:
         """Receive frames sent to `mac` too (a secondary unicast address)."""
         mreq = struct.pack("iHH8s", self.ifindex, PACKET_MR_UNICAST, 6, mac)
