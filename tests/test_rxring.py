@@ -18,7 +18,7 @@ import sys
 
 import pytest
 
-from oxboot.netlab import Lab
+from oxboot.netlab import Host, Lab
 from oxboot.protocol import (
     CHUNK,
     SLOTS,
@@ -92,16 +92,23 @@ for line in sys.stdin:
 """
 
 
-def _exchange(lab: Lab, method: str, image: bytes, slots: list[int], rounds: int) -> list[dict]:
+def _start_receiver(lab: Lab, script: str, *args: str) -> tuple[subprocess.Popen[str], Host,
+                                                                 bytes, bytes]:
+    """A veth pair and `script` on its receiving end: (the receiver, the
+    sending host, the receiver's MAC, the sender's MAC)."""
     rx_host, tx_host = lab.pair()
-    rx = subprocess.Popen(rx_host.cmd([sys.executable, "-c", _RX, rx_host.ifname, method,
-                                       str(len(image))]),
+    rx = subprocess.Popen(rx_host.cmd([sys.executable, "-c", script, rx_host.ifname, *args]),
                           stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
                           start_new_session=True)
     lab.procs.append(rx)  # type: ignore[arg-type]
     assert rx.stdin is not None and rx.stdout is not None
     me = bytes.fromhex(json.loads(rx.stdout.readline())["mac"])
-    server = bytes.fromhex(tx_host.mac().replace(":", ""))
+    return rx, tx_host, me, bytes.fromhex(tx_host.mac().replace(":", ""))
+
+
+def _exchange(lab: Lab, method: str, image: bytes, slots: list[int], rounds: int) -> list[dict]:
+    rx, tx_host, me, server = _start_receiver(lab, _RX, method, str(len(image)))
+    assert rx.stdin is not None and rx.stdout is not None
     frames = _hostile_sequence(me, server, image, slots)
     got = []
     for _ in range(rounds):
@@ -247,15 +254,8 @@ def test_ring_wait_follows_a_complete_batch_with_the_next() -> None:
     image = random.Random(1).randbytes(size)
     lab = Lab()
     try:
-        rx_host, tx_host = lab.pair()
-        rx = subprocess.Popen(rx_host.cmd([sys.executable, "-c", _NEXT_RX, rx_host.ifname,
-                                           str(size)]),
-                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                              start_new_session=True)
-        lab.procs.append(rx)  # type: ignore[arg-type]
+        rx, tx_host, me, server = _start_receiver(lab, _NEXT_RX, str(size))
         assert rx.stdin is not None and rx.stdout is not None
-        me = bytes.fromhex(json.loads(rx.stdout.readline())["mac"])
-        server = bytes.fromhex(tx_host.mac().replace(":", ""))
         rx.stdin.write(server.hex() + "\n")
         rx.stdin.flush()
         assert rx.stdout.readline().strip() == "armed"
