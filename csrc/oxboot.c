@@ -134,6 +134,19 @@ uint64_t ox_mono_ns(void)
     return (uint64_t)t.tv_sec * 1000000000u + (uint64_t)t.tv_nsec;
 }
 
+/* Give the CPU to anything else runnable; 1 if something was (the yield
+ * took more than OX_YIELD_BUSY_NS), so that a spinning loop stops and
+ * sleeps instead: a task that yields to a busy neighbour waits out that
+ * neighbour's time slice, one that sleeps is woken at once. */
+#define OX_YIELD_BUSY_NS 20000u
+
+int ox_yield_contended(void)
+{
+    uint64_t t0 = ox_mono_ns();
+    sched_yield();
+    return ox_mono_ns() - t0 > OX_YIELD_BUSY_NS;
+}
+
 /* ---- Transmit back-off ------------------------------------------------ */
 
 int ox_tx_backoff(int fd, unsigned waited, ox_tx_stats *stats)
@@ -1154,6 +1167,7 @@ long ox_rx_serve_wait(int fd, ox_police *p, ox_serve *s, int tx_fd, uint8_t *out
                       ox_police_stats *stats, uint64_t spin_ns, int timeout_ms, int wake_fd)
 {
     uint64_t start, busy_since, flagged0, served;
+    int contended = 0;
 
     if (stats == NULL || timeout_ms < 0)
         return -1;
@@ -1178,13 +1192,15 @@ long ox_rx_serve_wait(int fd, ox_police *p, ox_serve *s, int tx_fd, uint8_t *out
         struct pollfd pfd[2] = {{.fd = fd, .events = POLLIN}, {.fd = wake_fd, .events = POLLIN}};
         nfds_t nfds = wake_fd >= 0 ? 2 : 1;
         int r;
-        if (now - busy_since < spin_ns) {
+        if (now - busy_since < spin_ns && !contended) {
             /* Busy-poll: the next READ of a lone sled comes right after its
              * DATA, and a sleeping (virtual) CPU takes tens of microseconds
-             * to wake. Never at the expense of anything else runnable. */
+             * to wake. Never at the expense of anything else runnable: once
+             * something else wants this CPU, sleep instead (until Python's
+             * next call). */
             r = poll(pfd, nfds, 0);
             if (r == 0) {
-                sched_yield();
+                contended = ox_yield_contended();
                 continue;
             }
         } else {

@@ -250,6 +250,9 @@ int ox_rx_target_ok(const ox_rx_target *t);
 int ox_tx_backoff(int fd, unsigned waited, ox_tx_stats *stats);
 /* CLOCK_MONOTONIC in nanoseconds: the clock of Python's time.monotonic(). */
 uint64_t ox_mono_ns(void);
+/* sched_yield(); 1 if another task had the CPU meanwhile (a spinning loop
+ * then sleeps instead of yielding again). */
+int ox_yield_contended(void);
 void ox_rx_data_frame(ox_rx_target *t, const uint8_t *f, size_t flen, int truncated);
 
 /*

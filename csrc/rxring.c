@@ -144,8 +144,10 @@ static int ring_spin(ox_rxring *r, uint64_t spin_ns)
 #endif
         }
         /* Never at the expense of anything else runnable (the server, the
-         * other sleds of a rack emulated on a few cores). */
-        sched_yield();
+         * other sleds of a rack emulated on a few cores): when something
+         * else wants the CPU, stop looking and sleep. */
+        if (ox_yield_contended())
+            return 0;
     } while (ox_mono_ns() < until);
     return 0;
 }
