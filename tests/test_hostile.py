@@ -178,11 +178,11 @@ def test_fuzz_run(lab: Lab, images: dict, tmp_path: Path, mode: str) -> None:
 
 @pytest.fixture(scope="module")
 def flood_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """One measurement shared by the flood tests: an 8 MiB boot undisturbed
+    """One measurement shared by the flood tests: a 32 MiB boot undisturbed
     (best of 2), then two while another host on the bridge floods valid
     128-offset READs as fast as it can, then one after the flood."""
     tmp = tmp_path_factory.mktemp("flood")
-    raw = raw_image(8 << 20, 11)
+    raw = raw_image(32 << 20, 11)
     (tmp / "flood.raw").write_bytes(raw)
     img = tmp / "flood.img"
     build_image(tmp / "flood.raw", img, target_size=64 << 20, image_name="flood")
@@ -217,7 +217,7 @@ def flood_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
     finally:
         lab.close()
     took = [r["total_seconds"] for r in flooded]
-    print(f"\nREAD flood: undisturbed 8 MiB boots {quiet} s (best {base:.4f} s); under a flood "
+    print(f"\nREAD flood: undisturbed 32 MiB boots {quiet} s (best {base:.4f} s); under a flood "
           f"of {sent['rate']} READs/s from one host: {took} s "
           f"({max(took) / base:.2f}x at worst), states {[r['state'] for r in flooded]}, "
           f"retransmissions {[r['retransmits'] for r in flooded]}; after the flood: "
