@@ -92,6 +92,21 @@ class BufferPool:
                 assert self._check is not None
                 self._check()
 
+    def close(self) -> None:
+        """Unmap the buffers given back so far, now: the pool and its
+        consumer refer to each other, and a long-running process (the boot
+        server verifies each image it loads) would otherwise keep them until
+        the cyclic garbage collector happens to run."""
+        while True:
+            try:
+                buf = self._free.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                buf.close()
+            except BufferError:  # still exported somewhere: the collector's then
+                pass
+
     def give(self, block: bytes | memoryview) -> None:
         """Give back the buffer under `block` (a no-op for other blocks)."""
         if isinstance(block, memoryview) and isinstance(block.obj, mmap.mmap):

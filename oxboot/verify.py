@@ -219,6 +219,8 @@ def _stored(f, size: int, hasher: Sha256, out: Sink | None,  # noqa: ANN001
     except BaseException:
         worker.abort()
         raise
+    finally:
+        pool.close()
     return size - left
 
 
@@ -244,6 +246,8 @@ def _decoded(f, header: Header, hasher: Sha256, out: Sink | None,  # noqa: ANN00
     except BaseException:
         worker.abort()
         raise
+    finally:
+        pool.close()
     return produced
 
 
