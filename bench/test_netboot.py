@@ -211,6 +211,7 @@ def test_sixteen_sleds_aggregate(lab: Lab, image: Path, tmp_path: Path) -> None:
     for p in procs:
         assert p.stdout is not None and p.stdout.readline() == "ready\n", p.stderr
     t0 = time.monotonic()
+    c0 = os.times()
     for p in procs:
         assert p.stdin is not None
         p.stdin.write("go\n")
@@ -221,6 +222,8 @@ def test_sixteen_sleds_aggregate(lab: Lab, image: Path, tmp_path: Path) -> None:
         assert p.returncode == 0, (out, err)
         results.append(json.loads(out.splitlines()[-1]))
     wall = time.monotonic() - t0
+    c1 = os.times()
+    sleds_cpu = (c1.children_user - c0.children_user) + (c1.children_system - c0.children_system)
     total = sum(r["image_size"] for r in results)
     # The server's own account: from the first sled's start to the last
     # one's finish. (Wall: from the release to the last emulator's exit,
@@ -231,7 +234,19 @@ def test_sixteen_sleds_aggregate(lab: Lab, image: Path, tmp_path: Path) -> None:
     span = max(ends) - min(starts)
     aggregate = total / span / 1e6
     slowest = min(r["mbps"] for r in results)
+    # The server's CPU per DATA frame and its share of a core, over the
+    # stats ticks (one a second) within the boots; the sleds' CPU from the
+    # release to their exit (their final hashes included): on 2 cores the
+    # emulators and the server take CPU from each other.
+    ticks = [e for e in server_stats(log) if min(starts) <= e["time"] <= max(ends)]
+    a, b = ticks[0], ticks[-1]
+    server_us = ((b["cpu_user"] + b["cpu_system"]) - (a["cpu_user"] + a["cpu_system"])) / \
+        max(b["tx_frames"] - a["tx_frames"], 1) * 1e6
+    server_busy = ((b["cpu_user"] + b["cpu_system"]) - (a["cpu_user"] + a["cpu_system"])) / \
+        max(b["time"] - a["time"], 1e-3)
     record("sleds16_aggregate_vs_one", aggregate / one["mbps"], aggregate_mbps=round(aggregate, 1),
+           server_cpu_us_per_frame=round(server_us, 3), server_cpu_share=round(server_busy, 2),
+           sleds_cpu_seconds=round(sleds_cpu, 2),
            one_sled_mbps=round(one["mbps"], 1), slowest_sled_mbps=round(slowest, 1),
            serving_seconds=round(span, 3), wall_seconds=round(wall, 2),
            wall_aggregate_mbps=round(total / wall / 1e6, 1))
