@@ -117,6 +117,11 @@ DATA_HDR_LEN = ETH_HLEN + HDR_LEN + 8  # 34
 _U64_MAX = (1 << 64) - 1
 _PAGE_SIZE = 4096  # the OS rounds the ramdisk up to whole pages
 
+
+def ramdisk_capacity(ramdisk_size: int) -> int:
+    """Size of the ramdisk the OS creates for an OFFER's ramdisk_size."""
+    return -(-ramdisk_size // _PAGE_SIZE) * _PAGE_SIZE
+
 _FRAME_HDR = struct.Struct("!6s6sHIII")  # dst, src, ethertype, magic, type, len
 _OFFER = struct.Struct(f"!QQ32s{DATASET_LEN}s")
 _READ = struct.Struct(f"!Q{SLOTS}Q")
@@ -799,9 +804,7 @@ class ClientSession:
     @property
     def ramdisk_capacity(self) -> int:
         """Size of the ramdisk the OS creates for the accepted offer."""
-        if self.offer is None:
-            return 0
-        return -(-self.offer.ramdisk_size // _PAGE_SIZE) * _PAGE_SIZE
+        return 0 if self.offer is None else ramdisk_capacity(self.offer.ramdisk_size)
 
     def poll(self, now: float) -> list[Frame]:
         """Frames the client sends at time ``now``."""

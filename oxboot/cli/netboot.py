@@ -7,10 +7,11 @@ import sys
 from collections.abc import Sequence
 
 from oxboot.cli.common import Parser, UsageError, emit_json, fail, run
-from oxboot.client import RECEIVE_METHODS, netboot, want_from_image
+from oxboot.client import RECEIVE_METHODS, netboot
 from oxboot.link import LinkError
 from oxboot.progress import human
 from oxboot.protocol import ClientSession
+from oxboot.verify import read_header as image_header
 
 
 def build_parser(prog: str = "oxboot netboot") -> Parser:
@@ -22,7 +23,10 @@ def build_parser(prog: str = "oxboot netboot") -> Parser:
     want.add_argument("--want-sha256", metavar="HEX",
                       help="the checksum the sled's boot archive holds")
     want.add_argument("--want-image", metavar="IMAGE",
-                      help="take the wanted checksum from this image's header")
+                      help="take the wanted checksum from this image's header (the sled's "
+                      "RAM for it is then faulted in before the first HELLO, as a real "
+                      "sled's memory is there before it boots: the transfer measures the "
+                      "server and the link, not this emulator's page faults)")
     p.add_argument("--save", metavar="RAW", help="write the received raw image here")
     p.add_argument("-t", "--timeout", type=float, metavar="SECONDS",
                    help="give up after SECONDS (default: never)")
@@ -41,8 +45,12 @@ def _body(args: argparse.Namespace) -> int:
             want = b""
         if len(want) != 32:
             raise UsageError("--want-sha256 needs 64 hex digits")
+        expect = None
     else:
-        want = want_from_image(args.want_image)
+        header = image_header(args.want_image)
+        want = header.sha256
+        # The OFFER for this image: ramdisk_size = target size, data_size = raw size.
+        expect = (header.target_size, header.image_size)
     tty = sys.stderr.isatty()
 
     def progress(sess: ClientSession, now: float) -> None:
@@ -53,7 +61,7 @@ def _body(args: argparse.Namespace) -> int:
 
     try:
         result = netboot(args.link, want, timeout=args.timeout, save=args.save,
-                         on_progress=progress, receive=args.receive)
+                         on_progress=progress, receive=args.receive, expect=expect)
     except LinkError as e:
         raise UsageError(e.strerror or str(e)) from None
     if tty:
