@@ -186,8 +186,6 @@ def test_faithful_client_boot_vs_trafgen(lab: Lab, image: Path, tmp_path: Path) 
            image_bytes=results[0]["image_size"])
 
 
-SLED_NICE = int(os.environ.get("OX_SLED_NICE", "0"))
-
 #: `oxboot netboot ARGS`, once imported, held until a line arrives on stdin.
 _HELD_SLED = ("import sys\nfrom oxboot.cli.netboot import main\n"
               "print('ready', flush=True)\nsys.stdin.readline()\nsys.exit(main(sys.argv[1:]))")
@@ -208,8 +206,7 @@ def test_sixteen_sleds_aggregate(lab: Lab, image: Path, tmp_path: Path) -> None:
     procs = [subprocess.Popen(s.cmd([sys.executable, "-c", _HELD_SLED, s.ifname, "--want-image",
                                      str(image), "--json", "-t", "600"]),
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True,
-                              preexec_fn=(lambda: os.nice(SLED_NICE)) if SLED_NICE else None)
+                              stderr=subprocess.PIPE, text=True)
              for s in sleds]
     for p in procs:
         assert p.stdout is not None and p.stdout.readline() == "ready\n", p.stderr
