@@ -66,8 +66,11 @@ class Lab:
             sh("ip", "-n", ns, "link", "set", ifname, "up")
         return Host(a, ia), Host(b, ib)
 
-    def bridge(self, n: int) -> list[Host]:
-        """`n` hosts, each on a veth to a bridge in a namespace of its own."""
+    def bridge(self, n: int, queues: int = 1) -> list[Host]:
+        """`n` hosts, each on a veth to a bridge in a namespace of its own;
+        `queues` transmit and receive queues on each veth (AF_XDP binds one
+        socket per queue)."""
+        q = ["numtxqueues", str(queues), "numrxqueues", str(queues)]
         core = self._ns("oxl")
         sh("ip", "-n", core, "link", "add", "br0", "type", "bridge")
         sh("ip", "-n", core, "link", "set", "br0", "up")
@@ -75,8 +78,8 @@ class Lab:
         for _ in range(n):
             ns = self._ns("oxh")
             inner, outer = _name("vh"), _name("vp")
-            sh("ip", "link", "add", inner, "netns", ns, "type", "veth", "peer", "name", outer,
-               "netns", core)
+            sh("ip", "link", "add", inner, "netns", ns, *q, "type", "veth", "peer", "name", outer,
+               "netns", core, *q)
             sh("ip", "-n", core, "link", "set", outer, "master", "br0")
             sh("ip", "-n", core, "link", "set", outer, "up")
             sh("ip", "-n", ns, "link", "set", inner, "up")

@@ -188,17 +188,22 @@ def test_three_images_client_takes_matching_one(lab: Lab, images: dict, tmp_path
     assert [Path(e["image"]).name for e in finished] == [b.name]
 
 
-@pytest.mark.parametrize("workers", [1, 3])
-def test_eight_sleds_on_a_bridge(lab: Lab, images: dict, tmp_path: Path, workers: int) -> None:
-    hosts = lab.bridge(9)
+@pytest.mark.parametrize("workers,tx", [(1, "auto"), (3, "auto"), (2, "xdp")])
+def test_eight_sleds_on_a_bridge(lab: Lab, images: dict, tmp_path: Path, workers: int,
+                                 tx: str) -> None:
+    if tx == "xdp" and (why := af_xdp_unavailable()):
+        pytest.skip(why)
+    # With --tx xdp every worker needs a queue of its own: two-queue veths
+    # stand in for a multi-queue NIC.
+    hosts = lab.bridge(9, queues=workers if tx == "xdp" else 1)
     srv, sleds = hosts[0], hosts[1:]
     for i, sled in enumerate(sleds):
         # MAC bytes 2..5 = i: the fanout gives every worker some sleds.
         sh("ip", "-n", sled.ns, "link", "set", sled.ifname, "address", f"02:00:00:00:00:{i:02x}")
     img, raw = images["plain"]
     log = tmp_path / "server.log"
-    server = bootserver(lab, srv, ["--json", "--workers", str(workers), srv.ifname, str(img),
-                                   "any"], log)
+    server = bootserver(lab, srv, ["--json", "--workers", str(workers), "--tx", tx,
+                                   srv.ifname, str(img), "any"], log)
     wait_listening(log)
     procs = []
     for sled in sleds:
@@ -222,6 +227,9 @@ def test_eight_sleds_on_a_bridge(lab: Lab, images: dict, tmp_path: Path, workers
     per_worker = final["rx_served_per_worker"]
     assert len(per_worker) == workers and min(per_worker) > 0, final
     assert final["finished"] == 8 and final["tx_errors"] == 0, final
+    if tx == "xdp":
+        # One AF_XDP socket per worker, each bound to its own queue.
+        assert final["tx_methods"] == ["xdp"] * workers, final
 
 
 def _drop_data(host: Host, percent: int, msg_type: int = 0x9104) -> None:
