@@ -23,6 +23,7 @@ int ox_writeback(int fd, uint64_t offset, uint64_t len);
 size_t ox_deflate_bound(size_t len);
 long ox_deflate_chunk(int level, const uint8_t *in, size_t len, uint8_t *out, size_t cap);
 uint32_t ox_adler32(uint32_t adler, const uint8_t *buf, size_t len);
+uint32_t ox_adler32_combine(uint32_t first, uint32_t second, uint64_t second_len);
 #define OX_INFLATE_MAX_DICT 32768
 #define OX_INFLATE_ERROR -1
 #define OX_INFLATE_NO_ROOM -2

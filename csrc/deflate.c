@@ -238,6 +238,12 @@ uint32_t ox_adler32(uint32_t adler, const uint8_t *buf, size_t len)
     return libdeflate_adler32(adler, buf, len);
 }
 
+uint32_t ox_adler32_combine(uint32_t first, uint32_t second, uint64_t second_len)
+{
+    /* zlib's: pieces inflated in parallel each sum their own bytes. */
+    return (uint32_t)adler32_combine64(first, second, (z_off64_t)second_len);
+}
+
 /*
  * Inflating a piece of a deflate stream with libdeflate, which only takes
  * whole streams and has no preset dictionary: the piece is put behind a

@@ -61,6 +61,8 @@ size_t ox_deflate_bound(size_t len);
 long ox_deflate_chunk(int level, const uint8_t *in, size_t len, uint8_t *out, size_t cap);
 /* Adler-32 of buf[0, len) continuing from `adler` (1 to start). */
 uint32_t ox_adler32(uint32_t adler, const uint8_t *buf, size_t len);
+/* The Adler-32 of A then B from those of A and B (B second_len bytes long). */
+uint32_t ox_adler32_combine(uint32_t first, uint32_t second, uint64_t second_len);
 /*
  * Inflate in[0, in_len), a piece of a raw deflate stream that starts at a
  * block boundary on a byte boundary (the stream's start, or just after a

@@ -11,18 +11,22 @@ costs under 0.05% (bench/codec_survey.md).
 
 Reading, the same cuts speed things up: a stream is inflated piece by piece
 (cut after each sync flush) by libdeflate, which only takes whole buffers
-but is about 1.5x as fast as zlib-ng's streaming inflate; anything else
-(the original mkimage's single stream, a piece too large) is streamed.
+but is about 1.5x as fast as zlib-ng's streaming inflate, and since the
+chunks need no dictionary, several pieces at once on every core; anything
+else (the original mkimage's single stream, a piece too large) is streamed.
 """
 
 from __future__ import annotations
 
+import mmap
 import os
 import struct
+import threading
 import zlib
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as futures_wait
 from typing import BinaryIO, Protocol
 
 from oxboot._native import ffi, lib
@@ -275,12 +279,15 @@ class _Limited:
 def decode(codec: Codec, f: BinaryIO, data_size: int, image_size: int,
            on_read: Callable[[int], None] | None = None,
            step: int = INFLATE_STEP,
-           pool: BufferPool | None = None) -> Iterator[bytes | memoryview]:
+           pool: BufferPool | None = None,
+           threads: int | None = None) -> Generator[bytes | memoryview, None, None]:
     """Yield the raw image from `data_size` bytes of `f`, in bounded blocks.
 
     With a `pool`, zlib data is inflated by libdeflate into the pool's
     buffers: the consumer must hand every block back with ``pool.give``
-    once done with it (blocks stay valid until then).
+    once done with it (blocks stay valid until then), and pieces are
+    inflated ahead on `threads` threads (default: every core). Close the
+    generator when stopping early: that waits for them.
 
     Raises ImageError when the stream is corrupt, ends early, holds more
     than `image_size` bytes or is followed by stray bytes.
@@ -295,7 +302,7 @@ def decode(codec: Codec, f: BinaryIO, data_size: int, image_size: int,
         f.seek(start)
     src = _Limited(f, data_size, on_read)
     if codec is Codec.ZLIB and pool is not None:
-        yield from _inflate_pieces(src, image_size, step, pool)
+        yield from _inflate_pieces(src, image_size, step, pool, threads)
     elif codec is Codec.ZLIB:
         yield from _Inflater(image_size, step, zlib_header=True).run(b"", src)
     elif codec is Codec.ZSTD:
@@ -317,11 +324,100 @@ PIECE_MAX = 8 << 20
 PIECE_OUT = 16 << 20
 #: Markers a piece may run past (each a failed attempt) before streaming.
 PIECE_RETRIES = 4
+#: Pieces that needed their dictionary after which nothing is inflated
+#: ahead (a pigz-style stream: every attempt without one would fail).
+AHEAD_GIVE_UP = 2
 _DICT: int = lib.OX_INFLATE_MAX_DICT  # deflate's window: the dictionary a piece gets
 
 
-def _inflate_pieces(src: _Limited, image_size: int, step: int,
-                    pool: BufferPool) -> Iterator[bytes | memoryview]:
+class _Cutter:
+    """Cuts a raw deflate stream into candidate pieces, each ending just
+    after a sync-flush marker at least PIECE_MIN in (or the rest of the
+    stream, trailer included, as the final piece)."""
+
+    def __init__(self, src: _Limited) -> None:
+        self.src = src
+        self.buf = bytearray()  # read, not yet cut
+        self.stuck = False  # no marker within PIECE_MAX: the rest is streamed
+        self.done = False  # the final piece has been cut
+
+    def next(self) -> tuple[bytes, bool] | None:
+        """(the next piece, whether it is the final one), or None when there
+        is none (then ``buf`` and the source hold the rest)."""
+        if self.stuck or self.done:
+            return None
+        buf, src = self.buf, self.src
+        searched = 0
+        while True:
+            pos = lib.ox_find_sync(ffi.from_buffer(buf), len(buf), max(searched, PIECE_MIN - 4))
+            if pos >= 0:
+                cut = pos + 4
+                break
+            searched = max(len(buf) - 3, 0)
+            if not src.left or len(buf) > PIECE_MAX:
+                cut = -1
+                break
+            buf += src.read(1 << 20)
+        if (len(buf) if cut < 0 else cut) > PIECE_MAX:
+            self.stuck = True
+            return None
+        if cut < 0:
+            self.done = True
+            piece = bytes(buf)
+            buf.clear()
+            return piece, True
+        piece = bytes(buf[:cut])
+        del buf[:cut]
+        return piece, False
+
+
+class _Piece:
+    """A piece cut from the stream, its output buffer, and its inflate
+    without a dictionary running ahead on another thread (if any)."""
+
+    __slots__ = ("data", "final", "out", "ahead")
+
+    def __init__(self, data: bytes, final: bool, out: mmap.mmap,
+                 ahead: Future[tuple[int, int, int]] | None) -> None:
+        self.data = data
+        self.final = final
+        self.out = out
+        self.ahead = ahead
+
+    def settle(self, pool: BufferPool) -> None:
+        """Wait for the inflate ahead (it writes into ``out``), then give
+        the buffer back."""
+        if self.ahead is not None:
+            futures_wait([self.ahead])
+        pool.give(memoryview(self.out))
+
+
+class _PieceInflater:
+    """libdeflate in one call per piece, with a work area per thread."""
+
+    def __init__(self) -> None:
+        self._local = threading.local()
+
+    def __call__(self, zdict: bytes, data: bytes, final: bool, out: mmap.mmap) -> tuple[int, int]:
+        """(output length or an OX_INFLATE_* error, input bytes used)."""
+        work = getattr(self._local, "work", None)
+        if work is None:
+            work = self._local.work = ffi.new("uint8_t[]",
+                                              lib.ox_inflate_work_size(_DICT, PIECE_MAX + 4))
+        used = ffi.new("size_t *")
+        n = lib.ox_inflate_piece(zdict, len(zdict), data, len(data), final, work, len(work),
+                                 ffi.from_buffer(out), len(out), used)
+        return n, used[0]
+
+    def ahead(self, data: bytes, final: bool, out: mmap.mmap) -> tuple[int, int, int]:
+        """Without a dictionary, on a thread of its own: (output length or
+        error, input bytes used, the output's own Adler-32)."""
+        n, used = self(b"", data, final, out)
+        return n, used, lib.ox_adler32(1, ffi.from_buffer(out), n) if n > 0 else 1
+
+
+def _inflate_pieces(src: _Limited, image_size: int, step: int, pool: BufferPool,
+                    threads: int | None = None) -> Iterator[bytes | memoryview]:
     """zlib data, inflated with libdeflate piece by piece.
 
     The stream is cut after sync-flush markers (pigz-style streams, oxboot's
@@ -331,72 +427,138 @@ def _inflate_pieces(src: _Limited, image_size: int, step: int,
     marker that was only data, a piece that does not fit, corrupt data)
     hands the rest of the stream, from the start of that piece, to the
     streaming inflater, which then decodes it or reports the error.
+
+    With more than one thread, the next pieces are inflated ahead, in
+    parallel, without a dictionary. oxboot compresses its chunks without
+    one, so this nearly always succeeds, and then it is exact: libdeflate
+    refuses a match reaching back before a piece's start, and a piece is
+    only taken once the one before it has been taken and ended exactly at
+    its start, so it starts on a real block boundary. Where it fails (a
+    pigz-style stream whose pieces do refer back, a marker that was data),
+    the piece is inflated again here with its dictionary; after a couple of
+    such streams' pieces, nothing more is inflated ahead.
     """
     head = src.read(2)
     if len(head) < 2 or not _plain_zlib_header(head):
         yield from _Inflater(image_size, step, zlib_header=True).run(head, src)
         return
-    buf = bytearray()
-    searched = 0
+    threads = default_threads() if threads is None else max(1, threads)
+    inflate = _PieceInflater()
+    cutter = _Cutter(src)
+    ahead_pool = ThreadPoolExecutor(threads, thread_name_prefix="inflate") if threads > 1 \
+        else None
+    window: deque[_Piece] = deque()  # cut, not yet taken; the first is next
+    dict_misses = 0  # pieces that needed their dictionary: not worth inflating ahead
     zdict = b""
     adler = 1
     produced = 0
-    work = ffi.new("uint8_t[]", lib.ox_inflate_work_size(_DICT, PIECE_MAX + 4))
-    used = ffi.new("size_t *")
-    skip = 0  # markers before this were tried and were data, not a flush
-    retries = 0
-    while True:
-        # A piece: up to a marker at least PIECE_MIN in, or the rest.
-        cut = -1
-        while True:
-            pos = lib.ox_find_sync(ffi.from_buffer(buf), len(buf),
-                                   max(searched, PIECE_MIN - 4, skip))
-            if pos >= 0:
-                cut = pos + 4
-                break
-            searched = max(len(buf) - 3, 0)
-            if not src.left or len(buf) > PIECE_MAX:
-                break
-            buf += src.read(1 << 20)
-        final = cut < 0
-        piece_len = len(buf) if final else cut
-        if piece_len > PIECE_MAX:
-            break  # no marker in sight: stream the rest
-        out = pool.take()
-        n = lib.ox_inflate_piece(zdict, len(zdict), ffi.from_buffer(buf), piece_len, final,
-                                 work, len(work), ffi.from_buffer(out), pool.size, used)
-        if n < 0 or produced + n > image_size or (final and used[0] + 4 != piece_len):
+    rest = b""  # what the streaming inflater gets, if it comes to that
+
+    def cut(block: bool) -> bool:
+        """Cut one more piece into the window; False if there is none, or
+        no buffer to be had without waiting (unless `block`)."""
+        if cutter.stuck or cutter.done:
+            return False
+        out = pool.take() if block else pool.try_take()
+        if out is None:
+            return False
+        got = cutter.next()
+        if got is None:
             pool.give(memoryview(out))
-            if n == lib.OX_INFLATE_ERROR and not final and retries < PIECE_RETRIES:
-                # Most likely compressed bytes that happen to read 00 00 ff ff:
-                # try again up to the next marker.
-                retries += 1
-                skip = searched = piece_len - 3
-                continue
-            break  # the streaming inflater decides
-        view = memoryview(out)[len(zdict):len(zdict) + n]
-        adler = lib.ox_adler32(adler, ffi.from_buffer(view), n)
-        produced += n
-        tail = bytes(out[len(zdict) + n - min(n + len(zdict), _DICT):len(zdict) + n])
-        if final:
-            if int.from_bytes(buf[used[0]:piece_len], "big") != adler:
-                pool.give(view)
-                raise ImageError("corrupt deflate stream (incorrect data check)")
+            return False
+        data, final = got
+        job = None
+        if ahead_pool is not None and dict_misses < AHEAD_GIVE_UP:
+            job = ahead_pool.submit(inflate.ahead, data, final, out)
+        window.append(_Piece(data, final, out, job))
+        return True
+
+    try:
+        while True:
+            if not window and not cut(block=True):
+                break  # stuck: stream the rest
+            while ahead_pool is not None and len(window) <= threads and cut(block=False):
+                pass
+            piece = window.popleft()
+            off = 0
+            n = used = lib.OX_INFLATE_ERROR
+            piece_adler = None
+            if piece.ahead is not None:
+                n, used, piece_adler = piece.ahead.result()
+            if not _piece_fits(n, used, piece, produced, image_size):
+                piece_adler = None
+                # Again, here, with the dictionary; a marker that was data
+                # joins the piece to the next, up to PIECE_RETRIES times.
+                for retry in range(PIECE_RETRIES + 1):
+                    off = len(zdict)
+                    n, used = inflate(zdict, piece.data, piece.final, piece.out)
+                    if _piece_fits(n, used, piece, produced, image_size):
+                        if retry == 0 and piece.ahead is not None:
+                            dict_misses += 1
+                        break
+                    if n != lib.OX_INFLATE_ERROR or piece.final or retry == PIECE_RETRIES:
+                        n = -1
+                        break
+                    if window:
+                        following = window.popleft()
+                        following.settle(pool)
+                        got: tuple[bytes, bool] | None = (following.data, following.final)
+                    else:
+                        got = cutter.next()
+                    if got is None:
+                        n = -1
+                        break
+                    piece.data += got[0]
+                    piece.final = got[1]
+                    if len(piece.data) > PIECE_MAX:
+                        n = -1
+                        break
+                if n < 0:
+                    rest = piece.data
+                    pool.give(memoryview(piece.out))
+                    break  # the streaming inflater decides
+            view = memoryview(piece.out)[off:off + n]
+            if piece_adler is None:
+                adler = lib.ox_adler32(adler, ffi.from_buffer(view), n)
+            else:
+                adler = lib.ox_adler32_combine(adler, piece_adler, n)
+            produced += n
+            if n >= _DICT:
+                zdict = bytes(view[n - _DICT:])
+            else:
+                zdict = (zdict + bytes(view))[-_DICT:]
+            if piece.final:
+                if int.from_bytes(piece.data[used:], "big") != adler:
+                    pool.give(view)
+                    raise ImageError("corrupt deflate stream (incorrect data check)")
             if n:
                 yield view
             else:
                 pool.give(view)
-            return
-        zdict = tail[-_DICT:]
-        del buf[:piece_len]
-        searched = skip = retries = 0
-        if n:
-            yield view
-        else:
-            pool.give(view)
+            if piece.final:
+                return
+        # The streaming inflater takes over: every piece not yet taken, the
+        # bytes read but not cut, and the rest of the source.
+        while window:
+            following = window.popleft()
+            following.settle(pool)
+            rest += following.data
+        rest += bytes(cutter.buf)
+    finally:
+        while window:
+            window.popleft().settle(pool)
+        if ahead_pool is not None:
+            ahead_pool.shutdown(wait=True)
     inflater = _Inflater(image_size, step, zlib_header=False, zdict=zdict, adler=adler,
                          produced=produced)
-    yield from inflater.run(bytes(buf), src)
+    yield from inflater.run(rest, src)
+
+
+def _piece_fits(n: int, used: int, piece: _Piece, produced: int, image_size: int) -> bool:
+    """Whether an inflated piece can be taken: no error, within the image,
+    and a final piece followed by exactly its 4-byte trailer."""
+    return n >= 0 and produced + n <= image_size and \
+        (not piece.final or used + 4 == len(piece.data))
 
 
 def _plain_zlib_header(head: bytes) -> bool:

@@ -92,6 +92,13 @@ class BufferPool:
                 assert self._check is not None
                 self._check()
 
+    def try_take(self) -> mmap.mmap | None:
+        """A free buffer if there is one now, else None."""
+        try:
+            return self._free.get_nowait()
+        except queue.Empty:
+            return None
+
     def close(self) -> None:
         """Unmap the buffers given back so far, now: the pool and its
         consumer refer to each other, and a long-running process (the boot

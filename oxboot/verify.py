@@ -30,6 +30,10 @@ READ_BLOCK = 1 << 20
 #: flight between the reading and the hashing thread.
 RAW_BLOCK = 4 << 20
 RAW_BUFFERS = 3
+#: Inflated pieces (4 MiB each for oxboot's images) in flight: inflated
+#: ahead on every core, queued for the hash. 1 GiB set, lookimage: 4 buffers
+#: 1.21-1.24 s, 6 1.16-1.22 s, 8 1.10-1.16 s (bench/notes.md).
+INFLATE_BUFFERS = 8
 
 
 @dataclass
@@ -226,20 +230,21 @@ def _stored(f, size: int, hasher: Sha256, out: Sink | None,  # noqa: ANN001
 
 def _decoded(f, header: Header, hasher: Sha256, out: Sink | None,  # noqa: ANN001
              meter: Progress) -> int:
-    """Compressed data: inflate here (GIL released), hash and write on a
-    worker thread, so the two overlap."""
+    """Compressed data: inflate here (zlib pieces also ahead, on every core;
+    the GIL released), hash and write on a worker thread, so they overlap."""
     # Imported here: checking a raw image needs none of the codecs, and
     # their imports (thread pools, zstd, zlib-ng) are a measurable share of
     # lookimage's time on small images.
     from oxboot import codec as codecs
 
     produced = 0
-    pool = BufferPool(size=codecs.PIECE_OUT, check=lambda: worker.check())
-    worker: Worker[bytes | memoryview] = Worker(_consumer(hasher, out, pool), depth=8,
-                                                name="sha256")
+    pool = BufferPool(INFLATE_BUFFERS, size=codecs.PIECE_OUT, check=lambda: worker.check())
+    worker: Worker[bytes | memoryview] = Worker(_consumer(hasher, out, pool),
+                                                depth=INFLATE_BUFFERS, name="sha256")
+    blocks = codecs.decode(header.codec, f, header.data_size, header.image_size,
+                           on_read=meter.advance, step=READ_BLOCK, pool=pool)
     try:
-        for block in codecs.decode(header.codec, f, header.data_size, header.image_size,
-                                   on_read=meter.advance, step=READ_BLOCK, pool=pool):
+        for block in blocks:
             produced += len(block)
             worker.put(block)
         worker.join()
@@ -247,6 +252,7 @@ def _decoded(f, header: Header, hasher: Sha256, out: Sink | None,  # noqa: ANN00
         worker.abort()
         raise
     finally:
+        blocks.close()  # the pieces being inflated ahead are waited for
         pool.close()
     return produced
 

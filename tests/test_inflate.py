@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import random
+import threading
 import zlib
 
 import pytest
@@ -20,6 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_codec import MIB, CBuf, encode, mixed
 
+from oxboot import codec
 from oxboot._native import ffi, lib
 from oxboot.codec import BufferPool, decode
 from oxboot.format import Codec, ImageError
@@ -27,11 +29,13 @@ from oxboot.format import Codec, ImageError
 SYNC = b"\x00\x00\xff\xff"
 
 
-def decode_all(stream: bytes, image_size: int, pool: BufferPool | None) -> tuple[bytes, int]:
+def decode_all(stream: bytes, image_size: int, pool: BufferPool | None,
+               threads: int = 3) -> tuple[bytes, int]:
     """(the decoded bytes, how many blocks came from the pool)."""
     out = []
     pooled = 0
-    for block in decode(Codec.ZLIB, io.BytesIO(stream), len(stream), image_size, pool=pool):
+    for block in decode(Codec.ZLIB, io.BytesIO(stream), len(stream), image_size, pool=pool,
+                        threads=threads):
         out.append(bytes(block))
         if isinstance(block, memoryview):
             pooled += 1
@@ -40,9 +44,10 @@ def decode_all(stream: bytes, image_size: int, pool: BufferPool | None) -> tuple
     return b"".join(out), pooled
 
 
-def outcome(stream: bytes, image_size: int, pool: BufferPool | None) -> tuple[str, bytes]:
+def outcome(stream: bytes, image_size: int, pool: BufferPool | None,
+            threads: int = 3) -> tuple[str, bytes]:
     try:
-        return "ok", decode_all(stream, image_size, pool)[0]
+        return "ok", decode_all(stream, image_size, pool, threads)[0]
     except ImageError:
         return "error", b""
 
@@ -64,24 +69,31 @@ def pool() -> BufferPool:
 # ---- whole streams: the fast path and the streaming inflater agree ---------------------
 
 
+@pytest.fixture(params=[1, 2, 3], ids=lambda n: f"threads{n}")
+def threads(request: pytest.FixtureRequest) -> int:
+    """Pieces inflated one by one (1), or ahead on 2 or 3 threads."""
+    return request.param
+
+
 @pytest.mark.parametrize("size", [0, 1, 5000, MIB, 4 * MIB, 9 * MIB + 7])
-def test_oxboot_streams_take_the_fast_path(pool: BufferPool, size: int) -> None:
+def test_oxboot_streams_take_the_fast_path(pool: BufferPool, size: int, threads: int) -> None:
     data = mixed(size, seed=size)
     stream = encode(data, block=MIB)  # a marker after every MiB of input
-    got, pooled = decode_all(stream, size, pool)
+    got, pooled = decode_all(stream, size, pool, threads)
     assert got == data
     assert pooled >= size // MIB  # every whole chunk came through libdeflate
     assert decode_all(stream, size, None)[0] == data
 
 
 @pytest.mark.parametrize("flush_every", [1000, 40_000, 300_000])
-def test_pieces_that_refer_back_across_cuts(pool: BufferPool, flush_every: int) -> None:
+def test_pieces_that_refer_back_across_cuts(pool: BufferPool, flush_every: int,
+                                            threads: int) -> None:
     rng = random.Random(flush_every)
     # Repetitive text: matches reach back into the previous piece.
     words = [rng.randbytes(rng.randint(3, 12)) for _ in range(300)]
     data = b" ".join(rng.choice(words) for _ in range(200_000))
     stream = pigz_style(data, flush_every)
-    got, pooled = decode_all(stream, len(data), pool)
+    got, pooled = decode_all(stream, len(data), pool, threads)
     assert got == data
     assert pooled > 0
 
@@ -99,27 +111,27 @@ def test_streams_without_markers(pool: BufferPool) -> None:
     assert decode_all(stream, len(data), pool) == (data, 0)
 
 
-def test_markers_that_are_data(pool: BufferPool) -> None:
+def test_markers_that_are_data(pool: BufferPool, threads: int) -> None:
     # Stored blocks (level 0) carry the data as is, so 00 00 ff ff in the
     # data is a "marker" inside a block, and a 65535-byte stored block's
     # LEN/NLEN read ff ff 00 00; cutting there would be wrong.
     data = (SYNC * 5000 + bytes(range(256)) * 300) * 4
     for level in (0, 1, 6):
         for stream in (zlib.compress(data, level), pigz_style(data, 70_000, level)):
-            assert decode_all(stream, len(data), pool)[0] == data
+            assert decode_all(stream, len(data), pool, threads)[0] == data
 
 
-def test_piece_needing_more_room_than_a_buffer(tmp_path) -> None:  # noqa: ANN001
+def test_piece_needing_more_room_than_a_buffer(threads: int) -> None:
     small = BufferPool(count=2, size=256 << 10)
     data = bytes(3 * MIB) + mixed(MIB, seed=9)  # zeros: 1000:1 per piece
     stream = encode(data, block=MIB)
-    got, pooled = decode_all(stream, len(data), small)
+    got, pooled = decode_all(stream, len(data), small, threads)
     assert got == data
 
 
 @pytest.mark.parametrize("case", ["truncated", "no_trailer", "bad_adler", "stray", "too_big",
                                   "empty", "header_only", "fdict", "bad_header"])
-def test_broken_streams_fail_cleanly(pool: BufferPool, case: str) -> None:
+def test_broken_streams_fail_cleanly(pool: BufferPool, case: str, threads: int) -> None:
     data = mixed(3 * MIB, seed=5)
     stream = encode(data, block=MIB)
     size = len(data)
@@ -142,7 +154,7 @@ def test_broken_streams_fail_cleanly(pool: BufferPool, case: str) -> None:
     else:
         stream = b"\x78\x00" + stream[2:]
     with pytest.raises(ImageError):
-        decode_all(stream, size, pool)
+        decode_all(stream, size, pool, threads)
     with pytest.raises(ImageError):
         decode_all(stream, size, None)
 
@@ -151,21 +163,92 @@ def test_broken_streams_fail_cleanly(pool: BufferPool, case: str) -> None:
 @given(flips=st.lists(st.tuples(st.integers(0, 10**9), st.integers(1, 255)), min_size=1,
                       max_size=3),
        cut=st.one_of(st.none(), st.integers(0, 10**9)))
-def test_corruptions_give_the_same_outcome_either_way(flips: list[tuple[int, int]],
+@pytest.mark.parametrize("kind", ["pigz", "oxboot"])
+def test_corruptions_give_the_same_outcome_either_way(kind: str, flips: list[tuple[int, int]],
                                                       cut: int | None) -> None:
-    stream = bytearray(_STREAM)
+    # pigz-style pieces refer back (inflating ahead gives up); oxboot's do
+    # not (every piece is inflated ahead, then checked in order).
+    stream = bytearray(_STREAMS[kind])
     for pos, x in flips:
         stream[pos % len(stream)] ^= x
     if cut is not None:
         del stream[cut % len(stream):]
-    fast = outcome(bytes(stream), len(_DATA), _POOL)
     slow = outcome(bytes(stream), len(_DATA), None)
-    assert fast == slow
+    assert outcome(bytes(stream), len(_DATA), _POOL, threads=1) == slow
+    assert outcome(bytes(stream), len(_DATA), _POOL, threads=3) == slow
 
 
 _DATA = mixed(600_000, seed=12)
-_STREAM = pigz_style(_DATA, 50_000)
-_POOL = BufferPool(count=2, size=MIB)
+_STREAMS = {"pigz": pigz_style(_DATA, 50_000), "oxboot": encode(_DATA, block=48 << 10)}
+_POOL = BufferPool(count=4, size=MIB)
+
+
+class InflateLog:
+    """Which thread inflated each piece, and whether with a dictionary."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.calls: list[tuple[str, bool, bool]] = []
+        real = codec._PieceInflater.__call__
+
+        def logged(inflater, zdict, data, final, out):  # noqa: ANN001, ANN202
+            n, used = real(inflater, zdict, data, final, out)
+            self.calls.append((threading.current_thread().name.split("_")[0], bool(zdict),
+                               n >= 0))
+            return n, used
+
+        monkeypatch.setattr(codec._PieceInflater, "__call__", logged)
+
+    def count(self, thread: str, with_dict: bool | None = None, ok: bool | None = None) -> int:
+        return sum(1 for t, d, k in self.calls if t == thread and
+                   (with_dict is None or d == with_dict) and (ok is None or k == ok))
+
+
+def test_oxboot_pieces_are_inflated_ahead(monkeypatch: pytest.MonkeyPatch) -> None:
+    log = InflateLog(monkeypatch)
+    data = mixed(6 * MIB, seed=21)
+    stream = encode(data, block=MIB)
+    assert decode_all(stream, len(data), BufferPool(count=4, size=2 * MIB), threads=2) == \
+        (data, 6)
+    # Every piece on the inflating threads (6 chunks, then the stream's
+    # end), none again here.
+    assert log.count("inflate", ok=True) == 7
+    assert log.count("inflate", ok=False) == 0
+    assert log.count("MainThread") == 0
+
+
+def test_inflating_ahead_gives_up_on_pieces_that_need_their_dictionary(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    log = InflateLog(monkeypatch)
+    rng = random.Random(5)
+    words = [rng.randbytes(rng.randint(3, 12)) for _ in range(300)]
+    data = b" ".join(rng.choice(words) for _ in range(400_000))
+    stream = pigz_style(data, 100_000)
+    pieces = stream.count(SYNC)
+    assert pieces > 20
+    threads = 2
+    assert decode_all(stream, len(data), BufferPool(count=6, size=MIB), threads)[0] == data
+    # After AHEAD_GIVE_UP pieces that needed their dictionary, at most the
+    # pieces already cut were tried ahead: the rest went straight here.
+    tried_ahead = log.count("inflate")
+    assert codec.AHEAD_GIVE_UP <= tried_ahead <= codec.AHEAD_GIVE_UP + threads + 1
+    assert log.count("MainThread", with_dict=True, ok=True) >= pieces - tried_ahead
+
+
+def test_stopping_early_waits_for_the_pieces_ahead() -> None:
+    data = mixed(12 * MIB, seed=22)
+    stream = encode(data, block=MIB)
+    pool = BufferPool(count=5, size=2 * MIB)
+    blocks = decode(Codec.ZLIB, io.BytesIO(stream), len(stream), len(data), pool=pool,
+                    threads=3)
+    first = next(blocks)
+    assert bytes(first) == data[:MIB]
+    pool.give(first)
+    blocks.close()
+    # Every buffer is back, and no thread is still inflating into one.
+    back = [pool.try_take() for _ in range(5)]
+    assert all(b is not None for b in back)
+    assert pool.try_take() is None
+    assert not [t for t in threading.enumerate() if t.name.startswith("inflate")]
 
 
 def test_pool_take_checks_while_waiting() -> None:
