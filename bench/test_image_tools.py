@@ -174,14 +174,14 @@ def test_lookimage_zlib_overlap(benchmark, warm: Path, tmp_path: Path) -> None:
 
     from oxboot import codec
     from oxboot._native import sha256
-    from oxboot.verify import read_header, verify_image
+    from oxboot.verify import INFLATE_BUFFERS, read_header, verify_image
 
     header = read_header(img)
 
     def inflate_alone(threads: int | None) -> None:
         # The same inflate lookimage uses (libdeflate, piece by piece), alone:
         # on one thread, or as lookimage runs it (pieces ahead on every core).
-        pool = codec.BufferPool(8, size=codec.PIECE_OUT)
+        pool = codec.BufferPool(INFLATE_BUFFERS, size=codec.PIECE_OUT)
         with open(img, "rb") as f:
             f.seek(4096)
             for block in codec.decode(header.codec, f, header.data_size, header.image_size,
