@@ -110,13 +110,12 @@ def previous_run(path: Path, results: Results) -> Path | None:
     quick = is_quick(path, results)
     stamp = run_stamp(path, results)
     tracked = None if quick else tracked_names(path.parent)
-    me = path.resolve()
     best: tuple[str, Path] | None = None
     for f in path.parent.glob("*.json"):
         m = STAMP_NAME.fullmatch(f.name)
-        if not m or bool(m[2]) != quick or f.resolve() == me:
+        if not m or bool(m[2]) != quick:
             continue
-        if stamp is not None and m[1] >= stamp:
+        if stamp is not None and m[1] >= stamp:  # also `path` itself
             continue
         if tracked is not None and f.name not in tracked:
             continue
