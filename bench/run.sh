@@ -15,9 +15,25 @@ mkdir -p bench/results
 stamp=$(date -u +%Y-%m-%dT%H%M%SZ)
 suffix=${OXBOOT_BENCH_QUICK:+-quick}
 out="bench/results/${stamp}${suffix}.json"
+# pytest-benchmark's raw timings, full runs only: saved as
+# bench/results/raw/<interpreter>/NNNN_<stamp>.json (stats, no per-round data:
+# ~12 KB, committed with the results) and shown beside the newest earlier save.
+# Quick runs save none: CI starts from a clean checkout and their small data
+# is not comparable with a full run's. No --benchmark-compare-fail: these are
+# absolute seconds, full runs move between machines, and unchanged code has
+# measured 1.1-3.0 s on one machine (mkimage raw: the disk's fsync,
+# bench/notes.md); the same-run ratios against bench/floors.json decide.
+raw=()
+if [ -z "${OXBOOT_BENCH_QUICK:-}" ]; then
+    raw=(--benchmark-storage=file://bench/results/raw --benchmark-save="$stamp")
+    prev=$(printf '%s\n' bench/results/raw/*/*_*.json | awk -F_ '{print $NF "\t" $0}' \
+           | sort | tail -n1 | cut -f2)  # newest by the stamp after the last "_"
+    # sorted by name, each benchmark's row sits beside its earlier one
+    if [ -f "$prev" ]; then raw+=(--benchmark-compare="$prev" --benchmark-sort=name); fi
+fi
 status=0
 OXBOOT_BENCH_RESULTS="$out" "$PY" -m pytest bench -q -s -p no:cacheprovider \
-    --benchmark-disable-gc --benchmark-columns=min,mean,max "$@" || status=$?
+    --benchmark-disable-gc --benchmark-columns=min,mean,max "${raw[@]}" "$@" || status=$?
 if [ "$status" = 5 ]; then
     echo "no benchmark ran" >&2
     exit 1
