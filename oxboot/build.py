@@ -33,7 +33,7 @@ from oxboot.format import (
     netboot_padding,
 )
 from oxboot.fsutil import AtomicFile, describe_os_error
-from oxboot.pipeline import Worker
+from oxboot.pipeline import Inline, Worker, worker
 from oxboot.progress import Progress
 
 #: Read size: large enough for few syscalls, small enough to stay in cache.
@@ -123,6 +123,9 @@ def build_image(
     uncompressed image; compressed images carry one zlib stream (or, for
     ``Codec.ZSTD``, one zstd frame). Raises :class:`ImageError` with a
     one-line message on any problem, leaving no partial output behind.
+
+    `threads` bounds the compressing threads (default: every core); with 1,
+    reading, hashing, compressing and writing also take turns on one thread.
     """
     started = time.monotonic()
     try:
@@ -196,7 +199,9 @@ def _write_image(
             pool.put(data.obj)  # type: ignore[arg-type]
 
     hasher = Sha256()
-    write_worker: Worker[bytes | memoryview] = Worker(write, depth=POOL, name="writer")
+    # With one thread allowed, blocks are written in turn on this thread.
+    write_worker: Worker[bytes | memoryview] | Inline[bytes | memoryview] = worker(
+        write, threads, depth=POOL, name="writer")
     encoder = codecs.make_encoder(codec, write_worker.put, level=level, threads=threads,
                                   size=None)
     meter = Progress("mkimage", known_size, enabled=progress)
@@ -268,7 +273,8 @@ def _write_image(
     return header, stored
 
 
-def _take(pool: queue.SimpleQueue[bytearray], writer: Worker[bytes | memoryview]) -> bytearray:
+def _take(pool: queue.SimpleQueue[bytearray],
+          writer: Worker[bytes | memoryview] | Inline[bytes | memoryview]) -> bytearray:
     """A free buffer; if the writer has failed (and so will return none),
     its error instead."""
     while True:

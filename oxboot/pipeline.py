@@ -69,6 +69,33 @@ class Worker(Generic[T]):
         self._thread.join()
 
 
+class Inline(Generic[T]):
+    """A :class:`Worker` that runs `fn` on the calling thread, in turn: what
+    ``--threads 1`` asks for (no thread beside the caller's)."""
+
+    def __init__(self, fn: Callable[[T], None]) -> None:
+        self._fn = fn
+
+    def check(self) -> None:
+        pass
+
+    def put(self, item: T) -> None:
+        self._fn(item)
+
+    def join(self) -> None:
+        pass
+
+    def abort(self) -> None:
+        pass
+
+
+def worker(fn: Callable[[T], None], threads: int | None, depth: int,
+           name: str) -> Worker[T] | Inline[T]:
+    """`fn` on a thread of its own, or inline when one thread is all
+    `threads` allows."""
+    return Inline(fn) if threads == 1 else Worker(fn, depth=depth, name=name)
+
+
 class BufferPool:
     """A few large output buffers, handed out and given back, so that blocks
     of a decoded image are neither re-allocated nor re-faulted each time.

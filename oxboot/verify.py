@@ -21,7 +21,7 @@ from typing import Protocol
 from oxboot._native import Sha256
 from oxboot.format import HEADER_SIZE, Codec, Header, ImageError
 from oxboot.fsutil import AtomicFile, describe_os_error
-from oxboot.pipeline import BufferPool, Worker
+from oxboot.pipeline import BufferPool, Inline, Worker, worker
 from oxboot.progress import Progress
 
 #: Small enough that a block is still in cache when it is hashed.
@@ -95,10 +95,14 @@ def verify_image(
     output: str | os.PathLike[str] | None = None,
     progress: bool | None = None,
     header: Header | None = None,
+    threads: int | None = None,
 ) -> VerifyResult:
     """Check the image at `path` the way the OS and the original lookimage
     do; with `output`, also write the raw image there (atomically, only if
     it verifies). Raises :class:`ImageError` naming the first failed rule.
+
+    `threads` bounds the threads that read, inflate and hash (default:
+    every core); with 1 they take turns on the calling thread.
     """
     started = time.monotonic()
     with _open(path) as f:
@@ -126,7 +130,7 @@ def verify_image(
                         f"{header.data_size} bytes of data"
                     )
                 f.seek(HEADER_SIZE)
-                _check_data(f, header, output, progress)
+                _check_data(f, header, output, progress, threads)
         except OSError as e:
             raise ImageError(describe_os_error(e, path)) from None
     return VerifyResult(
@@ -143,10 +147,10 @@ class Sink(Protocol):
 
 
 def _check_data(f, header: Header, output: str | os.PathLike[str] | None,  # noqa: ANN001
-                progress: bool | None) -> None:
+                progress: bool | None, threads: int | None) -> None:
     out = AtomicFile(output) if output is not None else None
     try:
-        copy_data(f, header, out, progress)
+        copy_data(f, header, out, progress, threads)
         if out is not None:
             out.commit()
     finally:
@@ -155,7 +159,7 @@ def _check_data(f, header: Header, output: str | os.PathLike[str] | None,  # noq
 
 
 def copy_data(f, header: Header, out: Sink | None,  # noqa: ANN001
-              progress: bool | None = None) -> None:
+              progress: bool | None = None, threads: int | None = None) -> None:
     """Read the data region once from `f` (positioned after the header),
     decode it, check its size and SHA-256 against `header`, and hand the raw
     image to `out` on the way. Raises ImageError naming the failed check."""
@@ -163,9 +167,9 @@ def copy_data(f, header: Header, out: Sink | None,  # noqa: ANN001
     meter = Progress("verify", header.data_size, enabled=progress)
     try:
         if header.codec is Codec.NONE:
-            produced = _stored(f, header.data_size, hasher, out, meter)
+            produced = _stored(f, header.data_size, hasher, out, meter, threads)
         else:
-            produced = _decoded(f, header, hasher, out, meter)
+            produced = _decoded(f, header, hasher, out, meter, threads)
     finally:
         meter.close()
     if produced != header.image_size:
@@ -198,7 +202,7 @@ def _consumer(hasher: Sha256, out: Sink | None,
 
 
 def _stored(f, size: int, hasher: Sha256, out: Sink | None,  # noqa: ANN001
-            meter: Progress) -> int:
+            meter: Progress, threads: int | None) -> int:
     """Uncompressed data: read here into a few large buffers, hash (and
     write) on a worker thread, so the kernel's copy out of the page cache
     overlaps the hash (1 GiB: 0.63 s, against 0.72-0.78 s for reading and
@@ -206,9 +210,9 @@ def _stored(f, size: int, hasher: Sha256, out: Sink | None,  # noqa: ANN001
     left = size
     readinto = f.raw.readinto if hasattr(f, "raw") else f.readinto
     # While waiting for a buffer, make sure the hashing thread still lives.
-    pool = BufferPool(RAW_BUFFERS, min(RAW_BLOCK, max(size, 1)), check=lambda: worker.check())
-    worker: Worker[memoryview] = Worker(_consumer(hasher, out, pool), depth=RAW_BUFFERS,
-                                        name="sha256")
+    pool = BufferPool(RAW_BUFFERS, min(RAW_BLOCK, max(size, 1)), check=lambda: hashing.check())
+    hashing: Worker[memoryview] | Inline[memoryview] = worker(
+        _consumer(hasher, out, pool), threads, depth=RAW_BUFFERS, name="sha256")
     try:
         while left:
             buf = pool.take()
@@ -216,12 +220,12 @@ def _stored(f, size: int, hasher: Sha256, out: Sink | None,  # noqa: ANN001
             if not n:
                 pool.give(memoryview(buf))
                 break
-            worker.put(memoryview(buf)[:n])
+            hashing.put(memoryview(buf)[:n])
             left -= n
             meter.advance(n)
-        worker.join()
+        hashing.join()
     except BaseException:
-        worker.abort()
+        hashing.abort()
         raise
     finally:
         pool.close()
@@ -229,7 +233,7 @@ def _stored(f, size: int, hasher: Sha256, out: Sink | None,  # noqa: ANN001
 
 
 def _decoded(f, header: Header, hasher: Sha256, out: Sink | None,  # noqa: ANN001
-             meter: Progress) -> int:
+             meter: Progress, threads: int | None) -> int:
     """Compressed data: inflate here (zlib pieces also ahead, on every core;
     the GIL released), hash and write on a worker thread, so they overlap."""
     # Imported here: checking a raw image needs none of the codecs, and
@@ -238,18 +242,18 @@ def _decoded(f, header: Header, hasher: Sha256, out: Sink | None,  # noqa: ANN00
     from oxboot import codec as codecs
 
     produced = 0
-    pool = BufferPool(INFLATE_BUFFERS, size=codecs.PIECE_OUT, check=lambda: worker.check())
-    worker: Worker[bytes | memoryview] = Worker(_consumer(hasher, out, pool),
-                                                depth=INFLATE_BUFFERS, name="sha256")
+    pool = BufferPool(INFLATE_BUFFERS, size=codecs.PIECE_OUT, check=lambda: hashing.check())
+    hashing: Worker[bytes | memoryview] | Inline[bytes | memoryview] = worker(
+        _consumer(hasher, out, pool), threads, depth=INFLATE_BUFFERS, name="sha256")
     blocks = codecs.decode(header.codec, f, header.data_size, header.image_size,
-                           on_read=meter.advance, step=READ_BLOCK, pool=pool)
+                           on_read=meter.advance, step=READ_BLOCK, pool=pool, threads=threads)
     try:
         for block in blocks:
             produced += len(block)
-            worker.put(block)
-        worker.join()
+            hashing.put(block)
+        hashing.join()
     except BaseException:
-        worker.abort()
+        hashing.abort()
         raise
     finally:
         blocks.close()  # the pieces being inflated ahead are waited for
@@ -258,6 +262,6 @@ def _decoded(f, header: Header, hasher: Sha256, out: Sink | None,  # noqa: ANN00
 
 
 def extract_image(path: str | os.PathLike[str], output: str | os.PathLike[str],
-                  progress: bool | None = None) -> VerifyResult:
+                  progress: bool | None = None, threads: int | None = None) -> VerifyResult:
     """Write the raw image held by `path` to `output`, verified, atomically."""
-    return verify_image(path, output=output, progress=progress)
+    return verify_image(path, output=output, progress=progress, threads=threads)

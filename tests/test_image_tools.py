@@ -180,6 +180,41 @@ def test_zlib_levels_and_threads(raw_1m: bytes, tmp_path: Path, level: int,
     assert lookimage(img).status == 0
 
 
+@pytest.mark.parametrize("codec", ["none", "zlib", "zstd"])
+def test_one_thread_gives_the_same_results(tmp_path: Path, codec: str) -> None:
+    """--threads 1 (everything in turn on one thread) writes the same image
+    as the default (zstd: one that holds the same data; its multithreaded
+    frames differ), and lookimage/extract with --threads 1 check it alike:
+    a good image passes, a flipped byte fails with the same error."""
+    raw = noise(3 * MIB + 4096, seed=7) + bytes(6 * MIB)  # > one read block, compressible
+    (tmp_path / "in.raw").write_bytes(raw)
+    images = {}
+    for threads in ("1", "2"):
+        img = tmp_path / f"t{threads}.img"
+        r = mkimage("-i", tmp_path / "in.raw", "-o", img, "--codec", codec,
+                    "--threads", threads, *(["--level", "6"] if codec != "none" else []))
+        assert r.status == 0, r.stderr
+        images[threads] = img.read_bytes()
+        assert lookimage("--threads", threads, img).status == 0
+    if codec != "zstd":
+        assert images["1"] == images["2"]
+    img = tmp_path / "t1.img"
+    assert lookimage("--threads", "1", img).status == 0
+    out = tmp_path / "out.raw"
+    r = oxboot("extract", "--threads", "1", img, "-o", out)
+    assert r.status == 0, r.stderr
+    assert out.read_bytes() == raw
+    bad = bytearray(images["1"])
+    bad[HEADER_SIZE + len(bad[HEADER_SIZE:]) // 2] ^= 0x40
+    (tmp_path / "bad.img").write_bytes(bad)
+    one, every = lookimage("--threads", "1", tmp_path / "bad.img"), lookimage(tmp_path / "bad.img")
+    one_line_error(one)
+    assert one.status == every.status == 1 and one.stderr == every.stderr
+    zero = lookimage("--threads", "0", img)
+    one_line_error(zero)
+    assert zero.stderr == "Error: argument --threads: must be at least 1\n"
+
+
 def test_parallel_zlib_ratio_close_to_single_stream(raw_10m: bytes, tmp_path: Path) -> None:
     (tmp_path / "in.raw").write_bytes(raw_10m)
     sizes = {}

@@ -26,6 +26,17 @@ class Parser(argparse.ArgumentParser):
         raise UsageError(message)
 
 
+def thread_count(value: str) -> int:
+    """argparse type of --threads: a whole number, at least 1."""
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {value!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return n
+
+
 class Terminated(BaseException):
     """SIGTERM arrived: unwind like Ctrl-C so temporary files are removed."""
 

@@ -6,7 +6,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from oxboot.cli.common import Parser, emit_json, run, warn
+from oxboot.cli.common import Parser, emit_json, run, thread_count, warn
 from oxboot.verify import extract_image
 
 
@@ -15,12 +15,15 @@ def build_parser(prog: str = "oxboot extract") -> Parser:
                "atomically: nothing is written unless the checksum matches).")
     p.add_argument("image", metavar="IMAGE")
     p.add_argument("-o", "--output", metavar="RAW", required=True, help="raw image to write")
+    p.add_argument("--threads", type=thread_count, metavar="N",
+                   help="threads that read, inflate and hash (default: every core); 1: one "
+                        "thread does each in turn")
     p.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
     return p
 
 
 def _body(args: argparse.Namespace) -> int:
-    result = extract_image(args.image, args.output)
+    result = extract_image(args.image, args.output, threads=args.threads)
     for note in result.warnings:
         warn(note)
     if args.json:

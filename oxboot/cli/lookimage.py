@@ -6,7 +6,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from oxboot.cli.common import Parser, UsageError, emit_json, run, warn
+from oxboot.cli.common import Parser, UsageError, emit_json, run, thread_count, warn
 from oxboot.format import ImageError
 from oxboot.verify import check_header, header_warnings, read_header, verify_image
 
@@ -15,6 +15,9 @@ def build_parser(prog: str = "lookimage") -> Parser:
     p = Parser(prog=prog, description="Show a boot image's header and verify its checksum.")
     p.add_argument("-s", "--skip-checksum", action="store_true",
                    help="only read the header; do not read or hash the data")
+    p.add_argument("--threads", type=thread_count, metavar="N",
+                   help="threads that read, inflate and hash (default: every core); 1: one "
+                        "thread does each in turn")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.add_argument("image", nargs="?", metavar="IMAGE")
     return p
@@ -40,7 +43,7 @@ def _body(args: argparse.Namespace) -> int:
         check_header(header)
         result = None
     else:
-        result = verify_image(args.image, header=header)
+        result = verify_image(args.image, header=header, threads=args.threads)
     if args.json:
         emit_json(result.as_dict() if result else
                   {"path": args.image, "header": header.as_dict(), "checksum_verified": False})

@@ -38,7 +38,8 @@ def build_parser(prog: str = "mkimage") -> Parser:
                    help="none, zlib (bootable from disk) or zstd (boot server only)")
     p.add_argument("--level", type=int, metavar="N", help=LEVELS_HELP)
     p.add_argument("--threads", type=int, metavar="N",
-                   help=f"compression threads (default: all {default_threads()} cores)")
+                   help=f"compression threads (default: all {default_threads()} cores); 1: "
+                        "one thread reads, hashes, compresses and writes in turn")
     p.add_argument("--dataset", default=DEFAULT_DATASET,
                    help=f"ZFS dataset to boot (default {DEFAULT_DATASET})")
     p.add_argument("--pad-netboot", action="store_true",
