@@ -191,7 +191,7 @@ static uint64_t get_be64(const uint8_t *p)
     return ((uint64_t)get_be32(p) << 32) | (uint64_t)get_be32(p + 4);
 }
 
-/* The zeros a short final chunk is padded with (see PROTOCOL.md, 3a). */
+/* The zeros a short final chunk is padded with (docs/protocol.md, section 5). */
 static const uint8_t zero_pad[OX_MIN_DATA_PAYLOAD];
 
 /*

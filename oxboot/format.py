@@ -1,7 +1,7 @@
 """The boot image header: layout, versions and the rules the OS enforces.
 
 This module is the one place that knows the on-disk layout (see
-``FORMAT.md``): a 4096-byte little-endian header followed by the data.
+``docs/format.md``): a 4096-byte little-endian header followed by the data.
 It is pure Python and portable; it never touches the data region.
 """
 
@@ -208,7 +208,7 @@ class Header:
         """Every rule of the original lookimage and of the OS this header
         breaks, most basic first; empty when it is bootable."""
         out = self.size_problems()
-        # The OS's rules (FORMAT.md, "Rules the readers enforce").
+        # The OS's rules (docs/format.md, "What the OS accepts").
         if self.image_size > MAX_IMAGE_SIZE:
             out.append(f"image size {self.image_size} is over the OS limit of 4 GiB")
         if self.image_size < MIN_IMAGE_SIZE:

@@ -7,8 +7,6 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-# Same parent as the tree, so ../shared/vectors is found by the tests.
-export OXBOOT_VECTORS=${OXBOOT_VECTORS:-$(cd .. && pwd)/shared/vectors}
 cp -a csrc oxboot tests contrib setup.py pyproject.toml README.md LICENSE "$work/"
 rm -f "$work"/oxboot/_core*.so
 (cd "$work" && OXBOOT_SANITIZE=1 "$PY" setup.py -q build_ext --inplace >/dev/null 2>&1) || {

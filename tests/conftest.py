@@ -3,6 +3,7 @@ to run the commands the way a user does."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -11,17 +12,34 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+#: The golden vectors, kept in the repository (see vectors/README.md).
+VECTORS = Path(__file__).resolve().parent / "vectors"
+#: Files in VECTORS that are not vector data.
+VECTORS_TOOLING = frozenset({"README.md", "genraw.py", ".gitattributes", ".gitignore"})
 
 
-def vectors_source() -> Path:
-    env = os.environ.get("OXBOOT_VECTORS")
-    if env:
-        return Path(env)
-    return ROOT.parent / "shared" / "vectors"
+def _load_genraw() -> ModuleType:
+    # By path: tests/vectors is a folder of data, not a package.
+    spec = importlib.util.spec_from_file_location("genraw", VECTORS / "genraw.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault("genraw", module)
+    spec.loader.exec_module(module)
+    return module
+
+
+#: The vectors' deterministic input generator (tests/vectors/genraw.py).
+genraw = _load_genraw()
+
+
+def vector_manifest() -> dict:
+    """manifest.json of the vectors, for parametrizing at collection time."""
+    return json.loads((VECTORS / "manifest.json").read_text())
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
@@ -34,19 +52,14 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 
 @pytest.fixture(scope="session")
 def vectors(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A writable copy of ../shared/vectors with the large inputs regenerated
-    by its own script (which checks them against the manifest)."""
-    src = vectors_source()
-    if not (src / "manifest.json").is_file():
-        pytest.fail(f"test vectors not found at {src} (set OXBOOT_VECTORS)")
+    """A writable copy of the vector data (tests write beside it and run
+    the tools in it), with the files that are not stored rebuilt by
+    genraw, which checks each against its recorded SHA-256."""
     dst = tmp_path_factory.mktemp("vectors")
-    shutil.copytree(src, dst, dirs_exist_ok=True)
-    for p in dst.iterdir():
-        p.chmod(0o644)
-    subprocess.run(
-        [sys.executable, "gen_raw.py", "--manifest", "manifest.json"],
-        cwd=dst, check=True, capture_output=True,
-    )
+    for p in VECTORS.iterdir():
+        if p.is_file() and p.name not in VECTORS_TOOLING:
+            shutil.copyfile(p, dst / p.name)
+    genraw.rebuild(dst, VECTORS)
     return dst
 
 

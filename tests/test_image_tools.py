@@ -6,7 +6,6 @@ from __future__ import annotations
 import ctypes
 import dataclasses
 import hashlib
-import importlib.util
 import json
 import os
 import random
@@ -24,7 +23,7 @@ from types import ModuleType
 
 import pytest
 import zstandard
-from conftest import SANITIZED, Run, command, one_line_error, run_cli
+from conftest import SANITIZED, Run, command, genraw, one_line_error, run_cli
 from zlib_ng import zlib_ng
 
 from oxboot import build_image, extract_image, read_header, verify_image
@@ -43,13 +42,9 @@ MIB = 1 << 20
 
 
 @pytest.fixture(scope="module")
-def gen_raw(vectors: Path) -> ModuleType:
+def gen_raw() -> ModuleType:
     """The vectors' deterministic generator (mixed random/zero/text data)."""
-    spec = importlib.util.spec_from_file_location("gen_raw", vectors / "gen_raw.py")
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return genraw
 
 
 @pytest.fixture(scope="module")

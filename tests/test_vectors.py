@@ -8,19 +8,13 @@ import zlib
 from pathlib import Path
 
 import pytest
-from conftest import one_line_error, run_cli
+from conftest import VECTORS, VECTORS_TOOLING, genraw, one_line_error, run_cli, vector_manifest
 
 from oxboot.format import HEADER_SIZE, Header
 
-VECTORS_MANIFEST = Path(__file__).resolve().parents[1].parent / "shared/vectors/manifest.json"
-
 
 def _load_ids(section: str) -> list[str]:
-    import json
-    import os
-
-    path = Path(os.environ.get("OXBOOT_VECTORS", VECTORS_MANIFEST.parent)) / "manifest.json"
-    data = json.loads(path.read_text())
+    data = vector_manifest()
     key = "file" if section == "corruptions" else "id"
     return [item[key] for item in data[section]]
 
@@ -179,11 +173,61 @@ def test_misc_errors(item_id: str, manifest: dict, vectors: Path, tmp_path: Path
     assert not (vectors / "bad.img").exists() and not (vectors / "nope.img").exists()
 
 
-def test_every_vector_file_is_used(manifest: dict, vectors: Path) -> None:
-    used = {"manifest.json", "README.md", "gen_raw.py"}
+def _used_files(manifest: dict) -> set[str]:
+    used = {"manifest.json"}
     used |= {i["file"] for i in manifest["inputs"]}
     for img in manifest["images"]:
         used |= {img["output_file"], img.get("stored_file"), img.get("csum_file")}
     used |= {c["file"] for c in manifest["corruptions"]}
+    return used - {None}
+
+
+def test_every_vector_file_is_used(manifest: dict, vectors: Path) -> None:
+    used = _used_files(manifest)
     on_disk = {p.name for p in vectors.iterdir()}
     assert on_disk - used <= {"err_u_1m1_s1.img"}, on_disk - used
+    # The repository's folder: data the manifest names, and its tooling.
+    kept = {p.name for p in VECTORS.iterdir() if p.is_file()}
+    assert kept - used <= VECTORS_TOOLING, kept - used
+    assert {"manifest.json", "README.md", "genraw.py"} <= kept
+
+
+def test_every_stored_file_is_there(manifest: dict) -> None:
+    """What the manifest says is kept is in the repository; the rest is
+    what genraw rebuilds."""
+    stored = {i["file"] for i in manifest["inputs"] if i["stored"]}
+    stored |= {img["stored_file"] for img in manifest["images"] if img["stored"] != "none"}
+    stored |= {img["csum_file"] for img in manifest["images"]
+               if img.get("csum_file") and img["stored"] != "none"}
+    stored |= {c["file"] for c in manifest["corruptions"]}
+    missing = {name for name in stored if not (VECTORS / name).is_file()}
+    assert not missing, missing
+
+
+@pytest.mark.parametrize("name", [i["file"] for i in vector_manifest()["inputs"] if i["stored"]])
+def test_generator_reproduces_stored_inputs(name: str, manifest: dict) -> None:
+    """genraw's algorithm is the one that made the inputs: it gives back,
+    byte for byte, every input that is kept (the others are checked
+    against their recorded SHA-256 as they are rebuilt)."""
+    item = next(i for i in manifest["inputs"] if i["file"] == name)
+    data = genraw.generate(item["seed"], item["size"])
+    assert data == (VECTORS / name).read_bytes()
+    assert hashlib.sha256(data).hexdigest() == item["sha256"]
+
+
+def test_rebuild_refuses_a_wrong_file(tmp_path: Path) -> None:
+    """A header-only image whose header was damaged is not rebuilt."""
+    src = tmp_path / "src"
+    src.mkdir()
+    manifest = vector_manifest()
+    for p in VECTORS.iterdir():
+        if p.is_file() and p.name not in VECTORS_TOOLING:
+            (src / p.name).write_bytes(p.read_bytes())
+    hdr = next(img["stored_file"] for img in manifest["images"] if img["stored"] == "header")
+    damaged = bytearray((src / hdr).read_bytes())
+    damaged[200] ^= 1  # a byte of the image name
+    (src / hdr).write_bytes(bytes(damaged))
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(genraw.VectorError, match="does not match"):
+        genraw.rebuild(out, src)
