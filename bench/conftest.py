@@ -3,8 +3,12 @@
 Every figure is a ratio against a baseline measured in the same run (the
 machine is noisy), recorded with pytest-benchmark and collected into
 ``bench/results/<date>.json``; a ratio on the wrong side of its floor in
-``bench/floors.json`` fails the run. ``OXBOOT_BENCH_QUICK=1`` (CI) uses small
-data and its own, looser floors.
+``bench/floors.json`` fails the run. ``OXBOOT_BENCH_QUICK=1`` (CI) uses
+smaller data and its own floors, each within 35% of the target.
+
+``OXBOOT_BENCH_SELF_TEST=1`` proves the floors bite: each benchmark runs the
+code made slower through one of its own options (:func:`knob`), and the run
+passes only if every figure so slowed breaks its floor.
 """
 
 from __future__ import annotations
@@ -13,11 +17,13 @@ import datetime as dt
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
@@ -27,9 +33,32 @@ sys.path.insert(0, str(HERE))
 from dataset import ensure_dataset  # noqa: E402
 
 QUICK = os.environ.get("OXBOOT_BENCH_QUICK") == "1"
+SELF_TEST = os.environ.get("OXBOOT_BENCH_SELF_TEST") == "1"
 FLOORS = json.loads((HERE / "floors.json").read_text())
 RESULTS: dict[str, dict[str, object]] = {}
 MEASUREMENTS: dict[str, dict[str, object]] = {}
+#: Self-test mode: the figures a benchmark slowed, and how.
+SLOWED: dict[str, str] = {}
+
+T = TypeVar("T")
+
+
+def knob(figures: tuple[str, ...], normal: T, slowed: T) -> T:
+    """`normal`; in self-test mode `slowed` (an option of the code itself
+    that makes it slower: floors.json's ``self_test`` for each figure says
+    which), and then each of `figures` must break its floor."""
+    if not SELF_TEST:
+        return normal
+    for name in figures:
+        SLOWED[name] = FLOORS[name]["self_test"]
+    return slowed
+
+
+def self_test_skip(*figures: str) -> None:
+    """In self-test mode, skip a benchmark none of whose figures has a knob
+    (floors.json's ``no_self_test`` says why)."""
+    if SELF_TEST:
+        pytest.skip("self-test: no knob slows " + ", ".join(figures))
 
 
 def best_of(fn: Callable[[], object], rounds: int) -> float:
@@ -42,17 +71,52 @@ def best_of(fn: Callable[[], object], rounds: int) -> float:
     return best
 
 
+def timed(fn: Callable[[], object]) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+def interleaved(benchmark: object, ours: Callable[[], object], base: Callable[[], float],
+                rounds: int) -> tuple[float, float, float]:
+    """Ours and the baseline in turn, `rounds` times each: the median of the
+    rounds' ratios ours/base, and the median seconds of each. `base`
+    returns the seconds it measured (e.g. ``lambda: timed(fn)``); ours is
+    timed by pytest-benchmark (its raw timings are kept and compared run to
+    run), the baseline running as the set-up of each of its rounds. A
+    disturbance lasting a few seconds spoils a pair, not the figure."""
+    bases: list[float] = []
+
+    def setup() -> None:
+        bases.append(base())
+
+    benchmark.pedantic(ours, setup=setup, rounds=rounds, iterations=1)  # type: ignore[attr-defined]
+    times = list(benchmark.stats.stats.data)  # type: ignore[attr-defined]
+    assert len(times) == len(bases) == rounds
+    return (statistics.median(a / b for a, b in zip(times, bases, strict=True)),
+            statistics.median(times), statistics.median(bases))
+
+
 def run(argv: list[str], **kw: object) -> subprocess.CompletedProcess[bytes]:
     return subprocess.run(argv, check=True, capture_output=True, **kw)  # type: ignore[call-overload]
 
 
 def record(name: str, ratio: float, **details: object) -> None:
-    """Record a ratio and check it against its floor (failing the test)."""
+    """Record a ratio and check it against its floor (failing the test).
+    In self-test mode a slowed figure must break its floor instead."""
     floor = FLOORS[name]
     limit = floor["quick" if QUICK else "full"]
     ok = ratio <= limit if floor["kind"] == "max" else ratio >= limit
     RESULTS[name] = {"ratio": round(ratio, 4), "floor": limit, "kind": floor["kind"],
                      "target": floor["target"], "ok": ok, **details}
+    if SELF_TEST:
+        slowed = SLOWED.get(name)
+        RESULTS[name]["slowed_by"] = slowed
+        print(f"\n{name}: {ratio:.3f} ({floor['kind']} {limit}) slowed by {slowed}: "
+              f"{'caught' if not ok else 'NOT caught' if slowed else 'not slowed'}")
+        assert not (slowed and ok), \
+            f"self-test: {name} = {ratio:.3f} with {slowed} still meets {floor['kind']} {limit}"
+        return
     print(f"\n{name}: {ratio:.3f} ({floor['kind']} {limit}) {details}")
     assert ok, f"{name} = {ratio:.3f}, floor {floor['kind']} {limit}"
 
@@ -85,7 +149,9 @@ def lab():  # noqa: ANN201 - a generator fixture
 
 @pytest.fixture(scope="session")
 def dataset() -> Path:
-    size = int(os.environ.get("OXBOOT_BENCH_SIZE_MIB", "64" if QUICK else "1024"))
+    # Quick mode: large enough that a tool's start-up (~60 ms) is small
+    # against the work it measures.
+    size = int(os.environ.get("OXBOOT_BENCH_SIZE_MIB", "256" if QUICK else "1024"))
     return ensure_dataset(size)
 
 
@@ -108,10 +174,32 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     out = {
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "quick": QUICK,
+        "self_test": SELF_TEST,
         "machine": _machine(),
         "ratios": RESULTS,
         "measurements": MEASUREMENTS,
     }
+    if SELF_TEST:
+        _print_self_test()
     target = os.environ.get("OXBOOT_BENCH_RESULTS")
     if target:
         Path(target).write_text(json.dumps(out, indent=2, sort_keys=True) + "\n")
+
+
+def _print_self_test() -> None:
+    """The self-test's table: each floor, what slowed the code, what the
+    slowed code measured, and whether the floor caught it."""
+    rows = ["", "| figure | floor | slowed by | measured | caught |", "|---|--:|---|--:|:-:|"]
+    for name, floor in sorted(FLOORS.items()):
+        if name.startswith("_"):
+            continue
+        r = RESULTS.get(name)
+        limit = floor["quick" if QUICK else "full"]
+        sign = "≤" if floor["kind"] == "max" else "≥"
+        if r is None or not r.get("slowed_by"):
+            why = floor.get("no_self_test", "not measured in this run")
+            rows.append(f"| {name} | {sign} {limit} | — ({why}) | | |")
+            continue
+        rows.append(f"| {name} | {sign} {limit} | {r['slowed_by']} | {r['ratio']} | "
+                    f"{'yes' if not r['ok'] else '**no**'} |")
+    print("\n".join(rows))

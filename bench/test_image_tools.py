@@ -1,14 +1,21 @@
 """mkimage / lookimage throughput against same-run baselines.
 
 Baselines: `openssl dgst -sha256` of the same file (the hash every tool
-must do); mkimage at the same zlib level on one core (what parallel
-compression must beat), and one zlib-ng stream at that level (the size it
-must keep, and a library-independent speed reference).
+must do) and a durable copy of it (`dd conv=fsync`: the write mkimage must
+do); mkimage at the same zlib level on one core (what parallel compression
+must beat), and one zlib-ng stream at that level (the size it must keep,
+and a library-independent speed reference).
+
+Ours and its baseline run in turn, several times, and the figure is the
+median of the rounds' ratios (conftest.interleaved): this machine's speed
+wanders by 10% from one minute to the next, and a round it disturbs is
+outvoted.
 """
 
 from __future__ import annotations
 
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -17,15 +24,43 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import QUICK, best_of, note, record, run, script
+from conftest import (
+    QUICK,
+    SELF_TEST,
+    best_of,
+    interleaved,
+    knob,
+    note,
+    record,
+    run,
+    script,
+    self_test_skip,
+    timed,
+)
 
 from oxboot.codec import DEFAULT_ZLIB_LEVEL
 
 ROUNDS = 2 if QUICK else 3
+#: Interleaved rounds of the shorter measurements (well under a second each).
+PAIRS = 7 if QUICK else 5
+#: The zlib-9 speed-up is measured on this much of the data set in quick
+#: mode (one core takes ~2.5 s for 64 MiB: long enough against start-up).
+ZLIB9_QUICK_MIB = 64
+
+#: --threads 1: one thread reads, hashes, (de)compresses and writes in turn.
+ONE_THREAD = ["--threads", "1"]
 
 
 def openssl_time(path: Path) -> float:
-    return best_of(lambda: run(["openssl", "dgst", "-sha256", str(path)]), ROUNDS)
+    return timed(lambda: run(["openssl", "dgst", "-sha256", str(path)]))
+
+
+def durable_copy_time(path: Path, out: Path) -> float:
+    """What writing the file durably costs alone: dd, then fsync."""
+    t = timed(lambda: run(["dd", f"if={path}", f"of={out}", "bs=4M", "conv=fsync",
+                           "status=none"]))
+    out.unlink()
+    return t
 
 
 @pytest.fixture(scope="module")
@@ -34,26 +69,45 @@ def warm(dataset: Path) -> Path:
     return dataset
 
 
-def test_mkimage_raw_vs_openssl(benchmark, warm: Path, tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def zlib9_reference(warm: Path) -> int:
+    """stdlib zlib-9's size for the data set (a stand-in for the original's
+    miniz-9), computed once for every size figure."""
+    return len(zlib.compress(warm.read_bytes(), 9))
+
+
+def test_mkimage_raw_vs_hash_or_copy(benchmark, warm: Path, tmp_path: Path) -> None:
+    """mkimage must read and hash the input and write it durably: against
+    the larger of openssl's hash and dd's durable copy of the same file,
+    each measured beside it (the disk's fsync swings more than 2x here from
+    run to run, so a hash alone is no baseline for a durable write)."""
     out = tmp_path / "raw.img"
-    base = openssl_time(warm)
-    argv = [*script("mkimage"), "-i", str(warm), "-o", str(out), "--pad-netboot"]
-    benchmark.pedantic(lambda: run(argv), rounds=ROUNDS, iterations=1)
-    ours = benchmark.stats.stats.min
-    record("mkimage_raw_vs_openssl", ours / base, seconds=round(ours, 3),
-           openssl_seconds=round(base, 3), bytes=warm.stat().st_size)
+    argv = [*script("mkimage"), "-i", str(warm), "-o", str(out), "--pad-netboot",
+            *knob(("mkimage_raw_vs_hash_or_copy",), [], ONE_THREAD)]
+    hashes: list[float] = []
+    copies: list[float] = []
+
+    def bound() -> float:
+        hashes.append(openssl_time(warm))
+        copies.append(durable_copy_time(warm, tmp_path / "copy"))
+        return max(hashes[-1], copies[-1])
+
+    ratio, ours, base = interleaved(benchmark, lambda: run(argv), bound, PAIRS)
+    record("mkimage_raw_vs_hash_or_copy", ratio, seconds=round(ours, 3),
+           bound_seconds=round(base, 3), openssl_seconds=round(min(hashes), 3),
+           dd_fsync_seconds=round(min(copies), 3), bytes=warm.stat().st_size, rounds=PAIRS)
 
 
 def test_lookimage_raw_vs_openssl(benchmark, warm: Path, tmp_path: Path) -> None:
     img = tmp_path / "raw.img"
     run([*script("mkimage"), "-i", str(warm), "-o", str(img), "--pad-netboot"])
     img.read_bytes()
-    base = openssl_time(img)
-    argv = [*script("lookimage"), str(img)]
-    benchmark.pedantic(lambda: run(argv), rounds=ROUNDS + 2, iterations=1)
-    ours = benchmark.stats.stats.min
-    record("lookimage_raw_vs_openssl", ours / base, seconds=round(ours, 3),
-           openssl_seconds=round(base, 3))
+    argv = [*script("lookimage"),
+            *knob(("lookimage_raw_vs_openssl",), [], ONE_THREAD), str(img)]
+    ratio, ours, base = interleaved(benchmark, lambda: run(argv), lambda: openssl_time(img),
+                                    PAIRS)
+    record("lookimage_raw_vs_openssl", ratio, seconds=round(ours, 3),
+           openssl_seconds=round(base, 3), rounds=PAIRS)
 
 
 def _single_zlib(data: bytes, level: int) -> tuple[float, int]:
@@ -68,32 +122,50 @@ def _single_zlib(data: bytes, level: int) -> tuple[float, int]:
     return best_of(go, 1), size
 
 
-def test_mkimage_zlib9_parallel_vs_single(benchmark, warm: Path, tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def zlib9_input(warm: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The data set, or in quick mode its first 64 MiB."""
+    if not QUICK:
+        return warm
+    part = tmp_path_factory.mktemp("zlib9") / "part.raw"
+    with open(warm, "rb") as f:
+        part.write_bytes(f.read(ZLIB9_QUICK_MIB << 20))
+    return part
+
+
+def test_mkimage_zlib9_parallel_vs_single(benchmark, zlib9_input: Path, tmp_path: Path) -> None:
     """Level 9 on every core against the same command on one core (the
     parallel speed-up), sizes against one zlib stream at level 9."""
-    data = warm.read_bytes()
+    data = zlib9_input.read_bytes()
     zng_t, single_size = _single_zlib(data, 9)
     one = tmp_path / "z9-1.img"
-    one_argv = [*script("mkimage"), "-i", str(warm), "-o", str(one), "-z", "--level", "9",
-                "--threads", "1"]
+    one_argv = [*script("mkimage"), "-i", str(zlib9_input), "-o", str(one), "-z", "--level", "9",
+                *ONE_THREAD]
     # One core is one CPU: with one compressing thread but both CPUs, the
     # hashing, reading and writing threads would run beside it for free.
     cpu = min(os.sched_getaffinity(0))
-    one_t = best_of(lambda: run(one_argv, preexec_fn=lambda: os.sched_setaffinity(0, {cpu})), 1)
-    one_thread_t = best_of(lambda: run(one_argv), 1)
     out = tmp_path / "z9.img"
-    argv = [*script("mkimage"), "-i", str(warm), "-o", str(out), "-z", "--level", "9"]
-    benchmark.pedantic(lambda: run(argv), rounds=1, iterations=1)
-    ours = benchmark.stats.stats.min
+    figures = ("mkimage_zlib9_2core_speedup", "mkimage_zlib9_size_vs_single")
+    # Self-test: one thread instead of every core (slower), and level 6
+    # where 9 was asked (larger).
+    argv = [*script("mkimage"), "-i", str(zlib9_input), "-o", str(out), "-z",
+            *knob(figures, ["--level", "9"], ["--level", "6", *ONE_THREAD])]
+    ratio, ours, one_t = interleaved(
+        benchmark, lambda: run(argv),
+        lambda: timed(lambda: run(one_argv, preexec_fn=lambda: os.sched_setaffinity(0, {cpu}))),
+        ROUNDS)
+    one_thread_t = best_of(lambda: run(one_argv), 1)
     size = out.stat().st_size - 4096
-    assert size == one.stat().st_size - 4096  # the output never depends on the threads
     cores = len(os.sched_getaffinity(0))
-    record("mkimage_zlib9_2core_speedup", one_t / ours, cores=cores,
+    record("mkimage_zlib9_2core_speedup", 1 / ratio, cores=cores,
            seconds=round(ours, 3), one_core_seconds=round(one_t, 3),
            one_thread_all_cores_seconds=round(one_thread_t, 3),
            vs_one_thread_all_cores=round(one_thread_t / ours, 3),
            zlib_ng_single_stream_seconds=round(zng_t, 3),
-           vs_zlib_ng_single_stream=round(zng_t / ours, 3))
+           vs_zlib_ng_single_stream=round(zng_t / ours, 3), bytes=len(data))
+    if not SELF_TEST:
+        # The output never depends on the threads.
+        assert size == one.stat().st_size - 4096
     record("mkimage_zlib9_size_vs_single", size / single_size, bytes=size,
            single_bytes=single_size)
 
@@ -110,6 +182,7 @@ def test_machine_parallel_ceiling(warm: Path) -> None:
     """What two cores give two independent processes here (zlib-ng level 9
     on halves of 64 MiB vs one process on all of it): the ceiling any
     2-core speed-up above is measured against."""
+    self_test_skip("machine_parallel_ceiling (context)")
     import multiprocessing
 
     size = min(64 << 20, warm.stat().st_size) & ~1
@@ -130,17 +203,22 @@ def test_machine_parallel_ceiling(warm: Path) -> None:
          one_process_seconds=round(one, 3), two_process_seconds=round(two, 3))
 
 
-def test_mkimage_default_level(benchmark, warm: Path, tmp_path: Path) -> None:
-    data = warm.read_bytes()
-    ref = len(zlib.compress(data, 9))  # stdlib zlib-9, a stand-in for the original's miniz-9
+def test_mkimage_default_level(benchmark, warm: Path, tmp_path: Path,
+                               zlib9_reference: int) -> None:
+    data_size = warm.stat().st_size
     out = tmp_path / "zd.img"
-    argv = [*script("mkimage"), "-i", str(warm), "-o", str(out), "-z"]
-    benchmark.pedantic(lambda: run(argv), rounds=1 if not QUICK else 2, iterations=1)
-    ours = benchmark.stats.stats.min
+    figures = ("mkimage_default_mbps", "mkimage_default_size_vs_zlib9")
+    # Self-test: one thread, and libdeflate's fastest level (larger).
+    argv = [*script("mkimage"), "-i", str(warm), "-o", str(out), "-z",
+            *knob(figures, [], ["--level", "2", *ONE_THREAD])]
+    benchmark.pedantic(lambda: run(argv), rounds=ROUNDS + 1, iterations=1)
+    ours = benchmark.stats.stats.median
     size = out.stat().st_size - 4096
-    mbps = len(data) / ours / 1e6
-    record("mkimage_default_mbps", mbps, level=DEFAULT_ZLIB_LEVEL, seconds=round(ours, 3))
-    record("mkimage_default_size_vs_zlib9", size / ref, bytes=size, zlib9_bytes=ref)
+    mbps = data_size / ours / 1e6
+    record("mkimage_default_mbps", mbps, level=DEFAULT_ZLIB_LEVEL, seconds=round(ours, 3),
+           rounds=ROUNDS + 1)
+    record("mkimage_default_size_vs_zlib9", size / zlib9_reference, bytes=size,
+           zlib9_bytes=zlib9_reference)
 
 
 #: The original mkimage -z on this data set, as the issue measured it.
@@ -149,20 +227,22 @@ ORIGINAL_ZLIB_MBPS = 22.0
 ORIGINAL_LOOKIMAGE_Z_SECONDS = 2.76
 
 
-def test_mkimage_fast_level(benchmark, warm: Path, tmp_path: Path) -> None:
+def test_mkimage_fast_level(benchmark, warm: Path, tmp_path: Path,
+                            zlib9_reference: int) -> None:
     """--level 1 (ISA-L) against the original's 22 MB/s; its size against
     stdlib zlib level 9 (the original's miniz-9 is within 0.4% of it)."""
-    data = warm.read_bytes()
-    ref = len(zlib.compress(data, 9))
+    data_size = warm.stat().st_size
     out = tmp_path / "z1.img"
-    argv = [*script("mkimage"), "-i", str(warm), "-o", str(out), "-z", "--level", "1"]
-    benchmark.pedantic(lambda: run(argv), rounds=ROUNDS, iterations=1)
-    ours = benchmark.stats.stats.min
+    argv = [*script("mkimage"), "-i", str(warm), "-o", str(out), "-z", "--level", "1",
+            *knob(("mkimage_fast_vs_original",), [], ONE_THREAD)]
+    benchmark.pedantic(lambda: run(argv), rounds=PAIRS, iterations=1)
+    ours = benchmark.stats.stats.median
     size = out.stat().st_size - 4096
-    mbps = len(data) / ours / 1e6
+    mbps = data_size / ours / 1e6
     record("mkimage_fast_vs_original", mbps / ORIGINAL_ZLIB_MBPS, mbps=round(mbps, 1),
-           original_mbps=ORIGINAL_ZLIB_MBPS, seconds=round(ours, 3))
-    record("mkimage_fast_size_vs_zlib9", size / ref, bytes=size, zlib9_bytes=ref)
+           original_mbps=ORIGINAL_ZLIB_MBPS, seconds=round(ours, 3), rounds=PAIRS)
+    record("mkimage_fast_size_vs_zlib9", size / zlib9_reference, bytes=size,
+           zlib9_bytes=zlib9_reference)
 
 
 def test_lookimage_zlib_overlap(benchmark, warm: Path, tmp_path: Path) -> None:
@@ -194,22 +274,33 @@ def test_lookimage_zlib_overlap(benchmark, warm: Path, tmp_path: Path) -> None:
         fn()
         return time.process_time() - t
 
-    inflate_t = best_of(lambda: inflate_alone(1), ROUNDS)
-    inflate_all_t = best_of(lambda: inflate_alone(None), ROUNDS)
-    zlib_ng_t = best_of(lambda: zlib_ng.decompress(payload), ROUNDS)
-    hash_t = best_of(lambda: sha256(raw), ROUNDS)
-    cores = len(os.sched_getaffinity(0))
-    cpu_bound = (cpu_of(lambda: inflate_alone(1)) + cpu_of(lambda: sha256(raw))) / cores
+    # Self-test: lookimage's own --threads 1 (no inflate ahead, the hash in
+    # turn with the inflate on one thread).
+    threads = knob(("lookimage_zlib_vs_slower_half",), None, 1)
+    halves: list[tuple[float, float]] = []
+
+    def slower_half() -> float:
+        # The halves: inflating as one job on one thread, and hashing.
+        halves.append((timed(lambda: inflate_alone(1)), timed(lambda: sha256(raw))))
+        return max(halves[-1])
+
     # The whole measured as its halves are, in this process: the overlap is
     # what is compared, not the interpreter's start-up (reported on its own).
-    whole_t = best_of(lambda: verify_image(img, progress=False), ROUNDS)
-    argv = [*script("lookimage"), str(img)]
-    benchmark.pedantic(lambda: run(argv), rounds=ROUNDS, iterations=1)
-    ours = benchmark.stats.stats.min
-    # The halves: hashing, and inflating as one job on one thread. lookimage
-    # also spreads the inflate over every core, beside the hash; against
-    # that inflate alone, the bound is the two halves' CPU over the cores.
-    slower = max(inflate_t, hash_t)
+    ratio, whole_t, slower = interleaved(
+        benchmark, lambda: verify_image(img, progress=False, threads=threads), slower_half,
+        PAIRS)
+    inflate_t = statistics.median(i for i, _ in halves)
+    hash_t = statistics.median(h for _, h in halves)
+    inflate_all_t = best_of(lambda: inflate_alone(None), ROUNDS)
+    zlib_ng_t = best_of(lambda: zlib_ng.decompress(payload), ROUNDS)
+    cores = len(os.sched_getaffinity(0))
+    # lookimage also spreads the inflate over every core, beside the hash;
+    # against that inflate alone, the bound is the two halves' CPU over the
+    # cores.
+    cpu_bound = (cpu_of(lambda: inflate_alone(1)) + cpu_of(lambda: sha256(raw))) / cores
+    cli = [*script("lookimage"), *knob(("lookimage_zlib_vs_original",), [], ONE_THREAD),
+           str(img)]
+    ours = best_of(lambda: run(cli), ROUNDS)
     note("lookimage_zlib", cli_seconds=round(ours, 3), sum_of_parts=round(inflate_t + hash_t, 3),
          zlib_ng_inflate_seconds=round(zlib_ng_t, 3),
          inflate_all_cores_seconds=round(inflate_all_t, 3),
@@ -225,10 +316,10 @@ def test_lookimage_zlib_overlap(benchmark, warm: Path, tmp_path: Path) -> None:
         except AssertionError as e:
             failed.append(str(e))
     try:
-        record("lookimage_zlib_vs_slower_half", whole_t / slower, seconds=round(whole_t, 3),
-               inflate_seconds=round(inflate_t, 3), hash_seconds=round(hash_t, 3),
-               inflate_all_cores_seconds=round(inflate_all_t, 3),
-               cpu_bound_seconds=round(cpu_bound, 3), cli_seconds=round(ours, 3))
+        record("lookimage_zlib_vs_slower_half", ratio, seconds=round(whole_t, 3),
+               slower_half_seconds=round(slower, 3), inflate_seconds=round(inflate_t, 3),
+               hash_seconds=round(hash_t, 3), inflate_all_cores_seconds=round(inflate_all_t, 3),
+               cpu_bound_seconds=round(cpu_bound, 3), cli_seconds=round(ours, 3), rounds=PAIRS)
     except AssertionError as e:
         failed.append(str(e))
     assert not failed, failed
@@ -237,6 +328,7 @@ def test_lookimage_zlib_overlap(benchmark, warm: Path, tmp_path: Path) -> None:
 def test_python_startup_cost() -> None:
     """Context: what an empty interpreter + our import costs (the floor under
     every CLI timing above)."""
+    self_test_skip("startup (context)")
     bare = best_of(lambda: subprocess.run([sys.executable, "-c", "pass"], check=True), 3)
     ours = best_of(lambda: subprocess.run([*script("lookimage"), "--help"], check=True,
                                           capture_output=True), 3)

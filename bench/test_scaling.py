@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import QUICK, note, record, script
+from conftest import QUICK, knob, note, record, script, self_test_skip
 
 from oxboot import build_image
 from oxboot.link import af_xdp_unavailable
@@ -77,8 +77,9 @@ def _fps(stats: list[dict]) -> float:
 
 def test_two_workers_vs_one_for_eight_sleds(lab: Lab, small: Path, tmp_path: Path) -> None:
     # The same offered load for both, beyond what either serves (4 M frames/s).
-    one, _ = _serve(lab, ["--workers", "1"], small, tmp_path, 8, 32000)
-    two, _ = _serve(lab, ["--workers", "2"], small, tmp_path, 8, 32000)
+    slowed = knob(("workers2_vs_workers1_fps",), [], ["--tx", "send"])
+    one, _ = _serve(lab, ["--workers", "1", *slowed], small, tmp_path, 8, 32000)
+    two, _ = _serve(lab, ["--workers", "2", *slowed], small, tmp_path, 8, 32000)
     f1, f2 = _fps(one), _fps(two)
     assert f1 > 0 and f2 > 0
     record("workers2_vs_workers1_fps", f2 / f1, one_worker_fps=round(f1), two_worker_fps=round(f2),
@@ -86,6 +87,7 @@ def test_two_workers_vs_one_for_eight_sleds(lab: Lab, small: Path, tmp_path: Pat
 
 
 def test_transmit_mechanisms(lab: Lab, small: Path, tmp_path: Path) -> None:
+    self_test_skip("default_tx_vs_best")
     results: dict[str, dict[str, object]] = {}
     methods = ["auto", "sendmmsg", "ring", "send"]
     if why := af_xdp_unavailable():
