@@ -16,7 +16,7 @@ def build_parser(prog: str = "lookimage") -> Parser:
     p.add_argument("-s", "--skip-checksum", action="store_true",
                    help="only read the header; do not read or hash the data")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
-    p.add_argument("image", nargs="?", metavar="IMAGE")
+    p.add_argument("image", nargs="?", metavar="IMAGE", help="boot image to inspect")
     return p
 
 
