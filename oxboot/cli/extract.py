@@ -13,7 +13,7 @@ from oxboot.verify import extract_image
 def build_parser(prog: str = "oxboot extract") -> Parser:
     p = Parser(prog=prog, description="Write the raw image of a boot image (verified, "
                "atomically: nothing is written unless the checksum matches).")
-    p.add_argument("image", metavar="IMAGE")
+    p.add_argument("image", metavar="IMAGE", help="boot image to read")
     p.add_argument("-o", "--output", metavar="RAW", required=True, help="raw image to write")
     p.add_argument("--threads", type=thread_count, metavar="N",
                    help="threads that read, inflate and hash (default: every core); 1: one "

@@ -19,7 +19,7 @@ def build_parser(prog: str = "lookimage") -> Parser:
                    help="threads that read, inflate and hash (default: every core); 1: one "
                         "thread does each in turn")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
-    p.add_argument("image", nargs="?", metavar="IMAGE")
+    p.add_argument("image", nargs="?", metavar="IMAGE", help="boot image to inspect")
     return p
 
 

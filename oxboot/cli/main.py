@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import sys
 from collections.abc import Sequence
@@ -23,6 +24,28 @@ def usage() -> str:
     lines += [f"  {name:<11} {summary}" for name, (_, summary) in COMMANDS.items()]
     lines += ["", "Run 'oxboot COMMAND --help' for a command's options."]
     return "\n".join(lines) + "\n"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The whole ``oxboot`` command line as one argparse parser, for the
+    manual page and shell completion. main() does not parse with it: it
+    dispatches on the first word itself, so that a command imports only its
+    own module; each subcommand here is that module's own parser."""
+    from oxboot import __version__
+    from oxboot.cli.common import Parser
+
+    p = Parser(prog="oxboot", description="Build, inspect and netboot Oxide ramdisk boot "
+               "images. Each command is also installed under its original name where it "
+               "has one (mkimage, lookimage, bootserver), with the same options.")
+    p.add_argument("--version", action="version", version=f"oxboot {__version__}")
+    sub = p.add_subparsers(title="commands", metavar="COMMAND", dest="command",
+                           parser_class=Parser)
+    for name, (module_name, summary) in COMMANDS.items():
+        own = importlib.import_module(module_name).build_parser(f"oxboot {name}")
+        # parents= copies the module's arguments (its -h included, hence add_help=False).
+        sub.add_parser(name, parents=[own], add_help=False, help=summary,
+                       description=own.description)
+    return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
