@@ -30,7 +30,8 @@ LINK_100G = 100e9 / 8
 
 # bench/run.sh names its results <UTC stamp>.json, or <UTC stamp>-quick.json in
 # quick mode; the stamps are fixed-width, so they sort as text in time order.
-STAMP_NAME = re.compile(r"(\d{4}-\d{2}-\d{2}T\d{6}Z)(-quick)?\.json")
+# A self-test run (bench/run.sh --self-test) adds -selftest: never a baseline.
+STAMP_NAME = re.compile(r"(\d{4}-\d{2}-\d{2}T\d{6}Z)(-quick)?(-selftest)?\.json")
 STAMP_FORMAT = "%Y-%m-%dT%H%M%SZ"
 # A figure that moved less than this (relative, in %) is shown as unchanged:
 # the same code moves more than that between runs, so smaller moves mean nothing.
@@ -113,7 +114,7 @@ def previous_run(path: Path, results: Results) -> Path | None:
     best: tuple[str, Path] | None = None
     for f in path.parent.glob("*.json"):
         m = STAMP_NAME.fullmatch(f.name)
-        if not m or bool(m[2]) != quick:
+        if not m or bool(m[2]) != quick or m[3]:
             continue
         if stamp is not None and m[1] >= stamp:  # also `path` itself
             continue
@@ -307,9 +308,49 @@ def _report(path: Path, r: Results, prev: Path | None, old: Results | None,
             "(one socket and queue each), which the 2-worker figure above only partly shows "
             "on a 2-core machine that also runs the clients.",
         ]
+    out += _floors_section(path.parent)
     if NOTES.exists():
         out += ["", NOTES.read_text().strip()]
     return "\n".join(out) + "\n"
+
+
+def newest_self_test(directory: Path) -> Path | None:
+    """The newest self-test run in `directory` (bench/run.sh --self-test)."""
+    runs = sorted((m[1], f) for f in directory.glob("*.json")
+                  if (m := STAMP_NAME.fullmatch(f.name)) and m[3])
+    return runs[-1][1] if runs else None
+
+
+def _floors_section(directory: Path) -> list[str]:
+    """Every floor of bench/floors.json with its quick floor, and how it is
+    proven to bite: the option that slows the code and what the slowed code
+    measured in the newest self-test run, or why no option can."""
+    floors = json.loads((HERE / "floors.json").read_text())
+    st_path = newest_self_test(directory)
+    st = load(st_path)["ratios"] if st_path else {}
+    out = ["", "## Floors and their self-test", "",
+           "Quick mode (CI) guards each figure within 35% of its target. "
+           "`bash bench/run.sh --quick --self-test` runs every benchmark with its code made "
+           "slower through one of its own options and passes only if each figure so slowed "
+           "breaks its quick floor"
+           + (f"; the newest self-test run is `{st_path}`." if st_path else "."), "",
+           "| figure | target | full floor | quick floor | slowed by | slowed, measured "
+           "| caught |", "|---|--:|--:|--:|---|--:|:-:|"]
+    for name, f in sorted(floors.items()):
+        if name.startswith("_"):
+            continue
+        sign = "≤" if f["kind"] == "max" else "≥"
+        quick = "not measured" if f["quick"] is None else f"{sign} {f['quick']}"
+        if "self_test" not in f:
+            out.append(f"| {name} | {sign} {f['target']} | {sign} {f['full']} | {quick} "
+                       f"| none: {f['no_self_test']} | | |")
+            continue
+        r = st.get(name)
+        measured = _fmt(r["ratio"]) if r else "not run"
+        caught = "" if not r else "yes" if not r["ok"] else "**no**"
+        out.append(f"| {name} | {sign} {f['target']} | {sign} {f['full']} | {quick} "
+                   f"| {f['self_test']} | {measured} | {caught} |")
+    return out
 
 
 def compare_text(new_path: Path, old_path: Path | None = None) -> str:
