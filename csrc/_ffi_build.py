@@ -180,7 +180,9 @@ ffibuilder.set_source(
     "oxboot._core",
     '#include "oxboot.h"',
     # Paths are relative to the project root, where setuptools runs this.
-    sources=["csrc/oxboot.c", "csrc/txring.c", "csrc/rxring.c", "csrc/xsk.c", "csrc/deflate.c"],
+    sources=[f"csrc/{name}.c" for name in (
+        "sha256", "sys", "frame", "deflate", "tx_sendmmsg", "rx_sled", "police", "sockfilter",
+        "serve", "txring", "rxring", "xsk")],
     include_dirs=["csrc"],
     libraries=["crypto", "deflate", "z"],
     extra_compile_args=_cflags,

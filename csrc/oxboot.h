@@ -226,37 +226,6 @@ long ox_rxring_data_wait(ox_rxring *r, const uint8_t *self_mac, const uint8_t *s
                          size_t other_cap, size_t *other_len, size_t max_frames,
                          int timeout_ms, ox_rx_stats *stats, ox_rx_next *next);
 
-/* Internal to the C core (not in the cdef): what one sled receive call
- * works on, and the handling of one received frame, shared by the recvmmsg
- * and the ring paths. ox_rx_data_frame: a DATA frame from the server for a
- * busy slot goes into the ramdisk; the first other frame is kept in
- * `other` for Python (the callers stop there, so frames stay in order). */
-typedef struct {
-    const uint8_t *self_mac, *server;
-    uint8_t *ram;
-    uint64_t ram_len;
-    uint64_t *slot_offsets;
-    uint8_t *slot_busy;
-    uint32_t *busy_count;
-    uint8_t *other;
-    size_t other_cap;
-    size_t *other_len;
-    ox_rx_stats *stats;
-    int hint; /* the slot after the last one filled */
-} ox_rx_target;
-int ox_rx_target_ok(const ox_rx_target *t);
-/* A transmit path waiting for the kernel to take or give back frames, for
- * the `waited`-th time in a row: yield the CPU for the first 1000, then
- * sleep in poll() 1 ms at a time; past 6000 (some 5 s) give up: -1 with
- * stats->last_errno = ETIMEDOUT. */
-int ox_tx_backoff(int fd, unsigned waited, ox_tx_stats *stats);
-/* CLOCK_MONOTONIC in nanoseconds: the clock of Python's time.monotonic(). */
-uint64_t ox_mono_ns(void);
-/* sched_yield(); 1 if another task had the CPU meanwhile (a spinning loop
- * then sleeps instead of yielding again). */
-int ox_yield_contended(void);
-void ox_rx_data_frame(ox_rx_target *t, const uint8_t *f, size_t flen, int truncated);
-
 /*
  * The offsets a server must serve for one received READ frame (Ethernet
  * header included), written to out[0..n): every non-zero slot of all 128,
