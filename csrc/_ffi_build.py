@@ -181,7 +181,7 @@ ffibuilder.set_source(
     '#include "oxboot.h"',
     # Paths are relative to the project root, where setuptools runs this.
     sources=[f"csrc/{name}.c" for name in (
-        "sha256", "sys", "frame", "deflate", "tx_sendmmsg", "rx_sled", "police", "sockfilter",
+        "sha256", "sys", "frame", "mactable", "deflate", "tx_sendmmsg", "rx_sled", "police", "sockfilter",
         "serve", "txring", "rxring", "xsk")],
     include_dirs=["csrc"],
     libraries=["crypto", "deflate", "z"],

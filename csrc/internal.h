@@ -88,6 +88,52 @@ int ox_yield_contended(void);
 
 #define OX_NS_PER_S 1000000000ull
 
+/* ---- Tables keyed by MAC address (csrc/mactable.c) ---------------------- */
+
+/*
+ * Open addressing over a power-of-two number of fixed-size entries, each
+ * beginning with an ox_mac_key, for the policer's buckets (a bounded probe
+ * that evicts the stalest entry when full, csrc/police.c) and the served
+ * sessions (a full probe with tombstones, csrc/serve.c).
+ */
+#define OX_MAC_FREE 0
+#define OX_MAC_LIVE 1
+#define OX_MAC_GONE 2 /* deleted: a tombstone, probing goes on past it */
+
+typedef struct {
+    uint8_t mac[6];
+    uint8_t used; /* OX_MAC_FREE, OX_MAC_LIVE or OX_MAC_GONE */
+} ox_mac_key;
+
+typedef struct {
+    uint8_t *slots; /* mask + 1 entries of `stride` bytes, zeroed (free) at first */
+    size_t stride;
+    size_t mask;
+} ox_mactable;
+
+/* At least max(16, min_slots) entries (a power of two) of `stride` bytes,
+ * all free. 0, or -1 if out of memory. */
+int ox_mactable_init(ox_mactable *t, size_t min_slots, size_t stride);
+void ox_mactable_free(ox_mactable *t);
+
+/* Entry i of the table (taken modulo its size). */
+static inline ox_mac_key *ox_mactable_at(const ox_mactable *t, size_t i)
+{
+    return (ox_mac_key *)(void *)(t->slots + (i & t->mask) * t->stride);
+}
+
+/* Where probing for `mac` starts. */
+size_t ox_mac_home(const ox_mactable *t, const uint8_t *mac);
+
+/*
+ * Look `mac` up, probing at most `limit` entries from its home and stopping
+ * at a free one: its live entry, or NULL. On NULL, *slot (if not NULL) gets
+ * where it would go: the first tombstone seen, else the free entry that
+ * ended the probe, else NULL (all `limit` entries live).
+ */
+ox_mac_key *ox_mactable_find(const ox_mactable *t, const uint8_t *mac, size_t limit,
+                             ox_mac_key **slot);
+
 /* ---- Linux network core ------------------------------------------------- */
 
 struct iovec;
@@ -135,8 +181,6 @@ void ox_rx_data_frame(ox_rx_target *t, const uint8_t *f, size_t flen, int trunca
  * it, applying the overflow rule to the source that sent the most in it
  * when the call left frames queued (`backlog`): `ours` frames of our
  * protocol were read. */
-/* FNV-1a of a MAC, for the policer's and the session table's hashing. */
-size_t ox_mac_hash(const uint8_t *mac);
 void ox_police_call_begin(ox_police *p);
 int ox_police_take(ox_police *p, const uint8_t *mac, uint64_t now);
 void ox_police_call_end(ox_police *p, int fd, int backlog, uint64_t ours, uint64_t now,

@@ -12,8 +12,7 @@
 #include <linux/if_packet.h>
 
 struct police_entry {
-    uint8_t mac[6];
-    uint8_t used;
+    ox_mac_key key; /* first: the table's entries (csrc/mactable.c) */
     double tokens;
     uint64_t stamp;    /* ns of the last refill */
     uint64_t window;   /* ns when the current one-second count of denials began */
@@ -27,8 +26,7 @@ struct ox_police {
     double rate;  /* tokens per ns */
     double burst;
     uint64_t strike; /* denials within a second that flag a source */
-    size_t mask;
-    struct police_entry *table;
+    ox_mactable sources;
     uint8_t flagged[OX_MAX_BLOCKED][6];
     size_t nflagged;
     uint64_t flagged_total;
@@ -37,21 +35,18 @@ struct ox_police {
     int backlog_rule;
 };
 
+/* Buckets looked at for a source: when all are taken, the stalest goes. */
 #define POLICE_PROBE 8
 
 ox_police *ox_police_new(double rate, double burst, unsigned sources)
 {
-    size_t n = 16;
     ox_police *p;
     if (!(rate > 0) || !(burst >= 1) || sources == 0 || sources > (1u << 20))
         return NULL;
-    while (n < sources)
-        n <<= 1;
     p = calloc(1, sizeof(*p));
     if (p == NULL)
         return NULL;
-    p->table = calloc(n, sizeof(*p->table));
-    if (p->table == NULL) {
+    if (ox_mactable_init(&p->sources, sources, sizeof(struct police_entry)) != 0) {
         free(p);
         return NULL;
     }
@@ -59,7 +54,6 @@ ox_police *ox_police_new(double rate, double burst, unsigned sources)
     p->burst = burst;
     p->strike = (uint64_t)(2.0 * burst);
     p->backlog_rule = 1;
-    p->mask = n - 1;
     return p;
 }
 
@@ -67,16 +61,8 @@ void ox_police_free(ox_police *p)
 {
     if (p == NULL)
         return;
-    free(p->table);
+    ox_mactable_free(&p->sources);
     free(p);
-}
-
-size_t ox_mac_hash(const uint8_t *mac)
-{
-    uint64_t h = 1469598103934665603ull; /* FNV-1a */
-    for (int i = 0; i < 6; i++)
-        h = (h ^ mac[i]) * 1099511628211ull;
-    return (size_t)(h ^ (h >> 29));
 }
 
 static void police_flag(ox_police *p, struct police_entry *e, uint64_t now)
@@ -86,7 +72,7 @@ static void police_flag(ox_police *p, struct police_entry *e, uint64_t now)
     e->flagged = now ? now : 1;
     p->flagged_total++;
     if (p->nflagged < OX_MAX_BLOCKED)
-        memcpy(p->flagged[p->nflagged++], e->mac, 6);
+        memcpy(p->flagged[p->nflagged++], e->key.mac, 6);
 }
 
 /* Count a denied frame; flag the source once it keeps sending regardless. */
@@ -138,41 +124,45 @@ static void police_seen(ox_police *p, struct police_entry *e)
  * source's frames in the current ox_rx_serve call counted. */
 int ox_police_take(ox_police *p, const uint8_t *mac, uint64_t now)
 {
-    size_t i = ox_mac_hash(mac) & p->mask;
-    struct police_entry *victim = NULL;
-    for (int k = 0; k < POLICE_PROBE; k++) {
-        struct police_entry *e = &p->table[(i + (size_t)k) & p->mask];
-        if (e->used && memcmp(e->mac, mac, 6) == 0) {
-            if (e->call != p->calls) {
-                e->call = p->calls;
-                e->in_call = 0;
-            }
-            e->in_call++;
-            police_seen(p, e);
-            if (now > e->stamp) {
-                e->tokens += (double)(now - e->stamp) * p->rate;
-                if (e->tokens > p->burst)
-                    e->tokens = p->burst;
-                e->stamp = now;
-            }
-            if (e->tokens < 1.0) {
-                police_deny(p, e, now);
-                return 0;
-            }
-            e->tokens -= 1.0;
-            return 1;
+    ox_mac_key *free_slot = NULL;
+    struct police_entry *e, *victim;
+    e = (struct police_entry *)(void *)ox_mactable_find(&p->sources, mac, POLICE_PROBE,
+                                                         &free_slot);
+    if (e != NULL) {
+        if (e->call != p->calls) {
+            e->call = p->calls;
+            e->in_call = 0;
         }
-        if (!e->used) {
-            if (victim == NULL || victim->used)
+        e->in_call++;
+        police_seen(p, e);
+        if (now > e->stamp) {
+            e->tokens += (double)(now - e->stamp) * p->rate;
+            if (e->tokens > p->burst)
+                e->tokens = p->burst;
+            e->stamp = now;
+        }
+        if (e->tokens < 1.0) {
+            police_deny(p, e, now);
+            return 0;
+        }
+        e->tokens -= 1.0;
+        return 1;
+    }
+    /* A new source: a fresh bucket, in a free slot or the stalest one (the
+     * table never frees a bucket, so a source is never found past a free
+     * slot of its probe). */
+    victim = (struct police_entry *)(void *)free_slot;
+    if (victim == NULL) {
+        size_t home = ox_mac_home(&p->sources, mac);
+        for (size_t k = 0; k < POLICE_PROBE; k++) {
+            e = (struct police_entry *)(void *)ox_mactable_at(&p->sources, home + k);
+            if (victim == NULL || e->stamp < victim->stamp)
                 victim = e;
-        } else if (victim == NULL || (victim->used && e->stamp < victim->stamp)) {
-            victim = e;
         }
     }
-    /* A new source: a fresh bucket, in a free slot or the stalest one. */
     memset(victim, 0, sizeof(*victim));
-    memcpy(victim->mac, mac, 6);
-    victim->used = 1;
+    memcpy(victim->key.mac, mac, 6);
+    victim->key.used = OX_MAC_LIVE;
     victim->tokens = p->burst - 1.0;
     victim->stamp = now;
     victim->window = now;

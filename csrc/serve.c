@@ -14,19 +14,17 @@
 #include <sys/uio.h>
 
 struct serve_entry {
-    uint8_t sled[6];
+    ox_mac_key key; /* first: the sled (csrc/mactable.c); dropped ones leave tombstones */
     uint8_t image_mac[6];
-    uint8_t used; /* 0 empty, 1 in use, 2 deleted (probing goes on) */
     const uint8_t *image;
     uint64_t image_size;
     ox_serve_info info;
 };
 
 struct ox_serve {
-    size_t mask;
+    ox_mactable sessions;
     size_t live;
     size_t cap;
-    struct serve_entry *table;
     ox_serve_totals totals;
     ox_txring *ring; /* DATA through this ring instead of sendmmsg (NULL: none) */
     ox_xsk *xsk;     /* or through this AF_XDP socket (NULL: none) */
@@ -46,21 +44,17 @@ void ox_serve_use_xsk(ox_serve *s, ox_xsk *x)
 
 ox_serve *ox_serve_new(unsigned sessions)
 {
-    size_t n = 16;
     ox_serve *s;
     if (sessions == 0 || sessions > (1u << 20))
         return NULL;
-    while (n < 2 * (size_t)sessions)
-        n <<= 1;
     s = calloc(1, sizeof(*s));
     if (s == NULL)
         return NULL;
-    s->table = calloc(n, sizeof(*s->table));
-    if (s->table == NULL) {
+    /* At most half full, so that probes stay short. */
+    if (ox_mactable_init(&s->sessions, 2 * (size_t)sessions, sizeof(struct serve_entry)) != 0) {
         free(s);
         return NULL;
     }
-    s->mask = n - 1;
     s->cap = sessions;
     return s;
 }
@@ -69,7 +63,7 @@ void ox_serve_free(ox_serve *s)
 {
     if (s == NULL)
         return;
-    free(s->table);
+    ox_mactable_free(&s->sessions);
     free(s);
 }
 
@@ -77,25 +71,11 @@ void ox_serve_free(ox_serve *s)
 static struct serve_entry *serve_find(ox_serve *s, const uint8_t *sled,
                                       struct serve_entry **slot)
 {
-    size_t i = ox_mac_hash(sled) & s->mask;
-    struct serve_entry *free_slot = NULL;
-    for (size_t k = 0; k <= s->mask; k++) {
-        struct serve_entry *e = &s->table[(i + k) & s->mask];
-        if (e->used == 0) {
-            if (slot != NULL)
-                *slot = free_slot != NULL ? free_slot : e;
-            return NULL;
-        }
-        if (e->used == 2) {
-            if (free_slot == NULL)
-                free_slot = e;
-        } else if (memcmp(e->sled, sled, 6) == 0) {
-            return e;
-        }
-    }
+    ox_mac_key *free_slot = NULL;
+    ox_mac_key *e = ox_mactable_find(&s->sessions, sled, SIZE_MAX, &free_slot);
     if (slot != NULL)
-        *slot = free_slot;
-    return NULL;
+        *slot = (struct serve_entry *)(void *)free_slot;
+    return (struct serve_entry *)(void *)e;
 }
 
 int ox_serve_set(ox_serve *s, const uint8_t *sled, const uint8_t *image_mac,
@@ -112,9 +92,9 @@ int ox_serve_set(ox_serve *s, const uint8_t *sled, const uint8_t *image_mac,
         s->live++;
     }
     memset(e, 0, sizeof(*e));
-    memcpy(e->sled, sled, 6);
+    memcpy(e->key.mac, sled, 6);
     memcpy(e->image_mac, image_mac, 6);
-    e->used = 1;
+    e->key.used = OX_MAC_LIVE;
     e->image = image;
     e->image_size = image_size;
     e->info.high = high;
@@ -131,7 +111,7 @@ int ox_serve_drop(ox_serve *s, const uint8_t *sled)
         return 0;
     /* A tombstone keeps later entries of the same probe run reachable. */
     memset(e, 0, sizeof(*e));
-    e->used = 2;
+    e->key.used = OX_MAC_GONE;
     s->live--;
     return 1;
 }
@@ -167,12 +147,12 @@ static int serve_read(ox_serve *s, int tx_fd, const uint8_t *f, size_t flen, uin
         return 0; /* malformed, or nothing due: the protocol layer's call */
     memset(&tx, 0, sizeof(tx));
     long sent = s->xsk != NULL
-        ? ox_xsk_send_data(s->xsk, e->sled, e->image_mac, e->image, e->image_size, offsets,
+        ? ox_xsk_send_data(s->xsk, e->key.mac, e->image_mac, e->image, e->image_size, offsets,
                            (size_t)n, OX_CHUNK, &tx)
         : s->ring != NULL
-        ? ox_txring_send_data(s->ring, e->sled, e->image_mac, e->image, e->image_size, offsets,
+        ? ox_txring_send_data(s->ring, e->key.mac, e->image_mac, e->image, e->image_size, offsets,
                               (size_t)n, OX_CHUNK, &tx)
-        : ox_tx_data(tx_fd, OX_TX_SENDMMSG, e->sled, e->image_mac, e->image, e->image_size,
+        : ox_tx_data(tx_fd, OX_TX_SENDMMSG, e->key.mac, e->image_mac, e->image, e->image_size,
                      offsets, (size_t)n, OX_CHUNK, &tx);
     s->totals.frames += tx.frames;
     s->totals.bytes += tx.bytes;
