@@ -1,16 +1,36 @@
 """cffi build script for the oxboot C core (API mode, compiled at install).
 
 The cdef below mirrors ``oxboot.h``; ``oxboot._core`` is the compiled module
-and ``oxboot._native`` the typed layer above it.
+and ``oxboot._native`` the typed layer above it. The portable part (the
+image tools' core) is built everywhere, the network core only on Linux;
+``lib.OX_HAS_NET`` says which build this is.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 
 from cffi import FFI
 
-CDEF = """
+# Constants are taken from oxboot.h when the module is compiled (API mode:
+# "..." stands for the header's value), so that they are written once.
+CONSTANTS = """
+#define OX_HAS_NET ...
+#define OX_INFLATE_MAX_DICT ...
+#define OX_INFLATE_ERROR ...
+#define OX_INFLATE_NO_ROOM ...
+#define OX_READ_FRAME ...
+#define OX_MAX_BLOCKED ...
+#define OX_TX_SENDMMSG ...
+#define OX_TX_SEND ...
+"""
+
+# The image tools' core: SHA-256, deflate pieces, Adler-32, frames built
+# and parsed in memory. POSIX, libcrypto, zlib and libdeflate only: it
+# compiles on every system Helios images are built on (illumos, macOS,
+# FreeBSD, Linux).
+PORTABLE_CDEF = """
 typedef struct ox_sha256_ctx ox_sha256_ctx;
 ox_sha256_ctx *ox_sha256_new(void);
 int ox_sha256_update(ox_sha256_ctx *ctx, const uint8_t *buf, size_t len);
@@ -24,9 +44,6 @@ size_t ox_deflate_bound(size_t len);
 long ox_deflate_chunk(int level, const uint8_t *in, size_t len, uint8_t *out, size_t cap);
 uint32_t ox_adler32(uint32_t adler, const uint8_t *buf, size_t len);
 uint32_t ox_adler32_combine(uint32_t first, uint32_t second, uint64_t second_len);
-#define OX_INFLATE_MAX_DICT 32768
-#define OX_INFLATE_ERROR -1
-#define OX_INFLATE_NO_ROOM -2
 size_t ox_inflate_work_size(size_t dict_len, size_t in_len);
 long ox_find_sync(const uint8_t *buf, size_t len, size_t from);
 long ox_inflate_piece(const uint8_t *dict, size_t dict_len, const uint8_t *in, size_t in_len,
@@ -36,19 +53,24 @@ long ox_inflate_piece(const uint8_t *dict, size_t dict_len, const uint8_t *in, s
 long ox_build_data(uint8_t *out, size_t cap, const uint8_t *dst,
                    const uint8_t *src, const uint8_t *image,
                    uint64_t image_size, uint64_t offset, uint32_t chunk);
-#define OX_READ_FRAME 1058
 long ox_build_read(uint8_t *out, size_t cap, const uint8_t *dst, const uint8_t *src,
                    const uint64_t *offsets, unsigned n);
 
+long ox_parse_data(const uint8_t *frame, size_t len, uint64_t *offset,
+                   int *exact);
+long ox_read_offsets(const uint8_t *frame, size_t len, uint64_t *out);
+"""
+PORTABLE_SOURCES = ["sha256", "sys", "frame", "mactable", "deflate"]
+
+# The network core: raw sockets (AF_PACKET, AF_XDP), packet rings, socket
+# filters and the server's and the sled's receive loops. Linux only.
+NET_CDEF = """
 typedef struct {
     uint64_t frames;
     uint64_t bytes;
     uint64_t syscalls;
     int32_t last_errno;
 } ox_tx_stats;
-
-#define OX_TX_SENDMMSG 0
-#define OX_TX_SEND 1
 
 long ox_tx_data(int fd, int method, const uint8_t *dst, const uint8_t *src,
                 const uint8_t *image, uint64_t image_size,
@@ -92,9 +114,6 @@ long ox_rxring_data_wait(ox_rxring *r, const uint8_t *self_mac, const uint8_t *s
                          size_t other_cap, size_t *other_len, size_t max_frames,
                          int timeout_ms, ox_rx_stats *stats, ox_rx_next *next);
 
-long ox_parse_data(const uint8_t *frame, size_t len, uint64_t *offset,
-                   int *exact);
-long ox_read_offsets(const uint8_t *frame, size_t len, uint64_t *out);
 
 typedef struct ox_police ox_police;
 typedef struct {
@@ -111,7 +130,6 @@ ox_police *ox_police_new(double rate, double burst, unsigned sources);
 void ox_police_free(ox_police *p);
 size_t ox_police_flagged(ox_police *p, uint8_t *macs, size_t max);
 void ox_police_backlog_rule(ox_police *p, int on);
-#define OX_MAX_BLOCKED 32
 int ox_set_blocklist(int fd, const uint8_t *macs, size_t n);
 int ox_receive_nothing(int fd);
 int ox_fanout_by_source(int fd, int group);
@@ -164,6 +182,8 @@ long ox_xsk_send_data(ox_xsk *x, const uint8_t *dst, const uint8_t *src,
                       const uint64_t *offsets, size_t n, uint32_t chunk,
                       ox_tx_stats *stats);
 """
+NET_SOURCES = ["tx_sendmmsg", "rx_sled", "police", "sockfilter", "serve", "txring", "rxring",
+               "xsk"]
 
 # OXBOOT_SANITIZE=1 builds the core with AddressSanitizer and UBSan, for CI.
 _sanitize = os.environ.get("OXBOOT_SANITIZE") == "1"
@@ -174,13 +194,17 @@ if _sanitize:
                 "-fsanitize=address,undefined", "-fno-sanitize-recover=undefined"]
     _lflags += ["-fsanitize=address,undefined"]
 
+# The network core is built on Linux unless OXBOOT_PORTABLE=1 asks for the
+# portable build there too (to test it: scripts/portable-check.sh).
+_net = sys.platform.startswith("linux") and os.environ.get("OXBOOT_PORTABLE") != "1"
+
 ffibuilder = FFI()
-ffibuilder.cdef(CDEF)
+ffibuilder.cdef(CONSTANTS + PORTABLE_CDEF + (NET_CDEF if _net else ""))
 ffibuilder.set_source(
     "oxboot._core",
-    '#include "oxboot.h"',
+    f'#include "oxboot.h"\n#define OX_HAS_NET {int(_net)}\n',
     # Paths are relative to the project root, where setuptools runs this.
-    sources=["csrc/oxboot.c", "csrc/txring.c", "csrc/rxring.c", "csrc/xsk.c", "csrc/deflate.c"],
+    sources=[f"csrc/{name}.c" for name in PORTABLE_SOURCES + (NET_SOURCES if _net else [])],
     include_dirs=["csrc"],
     libraries=["crypto", "deflate", "z"],
     extra_compile_args=_cflags,

@@ -30,6 +30,8 @@
 /* Bytes a chunk may get on top of libdeflate's own output: at most one
  * byte for the stored block header bits, then 00 00 ff ff. */
 #define OX_SYNC_MAX 5
+/* Adler-32 sums modulo this prime (RFC 1950). */
+#define OX_ADLER_BASE 65521u
 /* Output buffer for the checking inflate, whose output is discarded. */
 #ifndef OX_JUNK
 #define OX_JUNK (64 * 1024)
@@ -240,8 +242,14 @@ uint32_t ox_adler32(uint32_t adler, const uint8_t *buf, size_t len)
 
 uint32_t ox_adler32_combine(uint32_t first, uint32_t second, uint64_t second_len)
 {
-    /* zlib's: pieces inflated in parallel each sum their own bytes. */
-    return (uint32_t)adler32_combine64(first, second, (z_off64_t)second_len);
+    /* zlib's: pieces inflated in parallel each sum their own bytes. It
+     * only uses second_len modulo Adler-32's base (and answers 0xffffffff
+     * to a negative one), so reducing it first gives the same result
+     * through adler32_combine, which every zlib declares (the 64-bit
+     * entry point needs _LARGEFILE64_SOURCE, not on every system). */
+    if (second_len > (uint64_t)INT64_MAX)
+        return 0xffffffffu;
+    return (uint32_t)adler32_combine(first, second, (z_off_t)(second_len % OX_ADLER_BASE));
 }
 
 /*

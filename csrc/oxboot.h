@@ -13,6 +13,15 @@
  *
  * Every length that comes from the wire or from a caller is checked before
  * it is used; no function reads or writes outside the buffers it is given.
+ *
+ * Two parts. The portable one (POSIX, libcrypto, zlib, libdeflate; built
+ * everywhere): sha256.c, sys.c (clock, writeback), deflate.c, frame.c
+ * (frames built and parsed in memory), mactable.c. The network core
+ * (Linux only; left out of builds elsewhere and with OXBOOT_PORTABLE=1, see
+ * _ffi_build.py): tx_sendmmsg.c, rx_sled.c, police.c, sockfilter.c,
+ * serve.c, txring.c, rxring.c, xsk.c. Sections below say which is which;
+ * this header itself compiles everywhere. internal.h has what the files
+ * share with each other only.
  */
 #ifndef OXBOOT_H
 #define OXBOOT_H
@@ -20,7 +29,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/* ---- SHA-256 ---------------------------------------------------------- */
+/* ---- SHA-256 (csrc/sha256.c; portable) -------------------------------- */
 
 typedef struct ox_sha256_ctx ox_sha256_ctx;
 
@@ -33,7 +42,7 @@ void ox_sha256_free(ox_sha256_ctx *ctx);
 /* One-shot digest of a buffer. Returns 0 on success, -1 on failure. */
 int ox_sha256(const uint8_t *buf, size_t len, uint8_t *out);
 
-/* ---- Files ----------------------------------------------------------- */
+/* ---- Files (csrc/sys.c; portable) ------------------------------------ */
 
 /*
  * Start writing [offset, offset+len) of fd back to disk without waiting
@@ -42,7 +51,7 @@ int ox_sha256(const uint8_t *buf, size_t len, uint8_t *out);
  */
 int ox_writeback(int fd, uint64_t offset, uint64_t len);
 
-/* ---- Deflate (csrc/deflate.c) ---------------------------------------- */
+/* ---- Deflate (csrc/deflate.c; portable) ------------------------------ */
 
 /*
  * Most bytes ox_deflate_chunk may write for `len` input bytes (SIZE_MAX if
@@ -85,7 +94,7 @@ long ox_inflate_piece(const uint8_t *dict, size_t dict_len, const uint8_t *in, s
                       int final, uint8_t *work, size_t work_cap, uint8_t *out, size_t out_cap,
                       size_t *used);
 
-/* ---- Frames ----------------------------------------------------------- */
+/* ---- Frames (csrc/frame.c; portable) --------------------------------- */
 
 #define OX_ETHERTYPE 0x1DE0u
 #define OX_MAGIC 0x1DE12345u
@@ -123,6 +132,23 @@ long ox_build_data(uint8_t *out, size_t cap, const uint8_t *dst,
 long ox_build_read(uint8_t *out, size_t cap, const uint8_t *dst, const uint8_t *src,
                    const uint64_t *offsets, unsigned n);
 
+/* Pure validation of a received DATA frame, shared by ox_rx_data and the
+ * tests: returns payload length n (>= 0) and the offset, or -1. */
+long ox_parse_data(const uint8_t *frame, size_t len, uint64_t *offset,
+                   int *exact);
+
+/*
+ * The offsets a server must serve for one received READ frame (Ethernet
+ * header included), written to out[0..n): every non-zero slot of all 128,
+ * duplicates once, in slot order, plus offset 0 first when fewer slots are
+ * non-zero than noffsets says (offset 0 can only sit in slot 0). Returns n,
+ * or -1 if the frame is not a well-formed READ (len 1032, noffsets <= 128,
+ * len within the frame). `out` must hold OX_SLOTS + 1 entries.
+ */
+long ox_read_offsets(const uint8_t *frame, size_t len, uint64_t *out);
+
+/* ---- DATA transmit with sendmmsg (csrc/tx_sendmmsg.c; Linux) ---------- */
+
 typedef struct {
     uint64_t frames;     /* DATA frames handed to the kernel */
     uint64_t bytes;      /* bytes of those frames */
@@ -145,7 +171,7 @@ long ox_tx_data(int fd, int method, const uint8_t *dst, const uint8_t *src,
                 const uint64_t *offsets, size_t n, uint32_t chunk,
                 ox_tx_stats *stats);
 
-/* ---- Client receive --------------------------------------------------- */
+/* ---- Client receive (csrc/rx_sled.c, csrc/rxring.c; Linux) ------------ */
 
 typedef struct {
     uint64_t frames;       /* frames read from the socket */
@@ -226,48 +252,7 @@ long ox_rxring_data_wait(ox_rxring *r, const uint8_t *self_mac, const uint8_t *s
                          size_t other_cap, size_t *other_len, size_t max_frames,
                          int timeout_ms, ox_rx_stats *stats, ox_rx_next *next);
 
-/* Internal to the C core (not in the cdef): what one sled receive call
- * works on, and the handling of one received frame, shared by the recvmmsg
- * and the ring paths. ox_rx_data_frame: a DATA frame from the server for a
- * busy slot goes into the ramdisk; the first other frame is kept in
- * `other` for Python (the callers stop there, so frames stay in order). */
-typedef struct {
-    const uint8_t *self_mac, *server;
-    uint8_t *ram;
-    uint64_t ram_len;
-    uint64_t *slot_offsets;
-    uint8_t *slot_busy;
-    uint32_t *busy_count;
-    uint8_t *other;
-    size_t other_cap;
-    size_t *other_len;
-    ox_rx_stats *stats;
-    int hint; /* the slot after the last one filled */
-} ox_rx_target;
-int ox_rx_target_ok(const ox_rx_target *t);
-/* A transmit path waiting for the kernel to take or give back frames, for
- * the `waited`-th time in a row: yield the CPU for the first 1000, then
- * sleep in poll() 1 ms at a time; past 6000 (some 5 s) give up: -1 with
- * stats->last_errno = ETIMEDOUT. */
-int ox_tx_backoff(int fd, unsigned waited, ox_tx_stats *stats);
-/* CLOCK_MONOTONIC in nanoseconds: the clock of Python's time.monotonic(). */
-uint64_t ox_mono_ns(void);
-/* sched_yield(); 1 if another task had the CPU meanwhile (a spinning loop
- * then sleeps instead of yielding again). */
-int ox_yield_contended(void);
-void ox_rx_data_frame(ox_rx_target *t, const uint8_t *f, size_t flen, int truncated);
-
-/*
- * The offsets a server must serve for one received READ frame (Ethernet
- * header included), written to out[0..n): every non-zero slot of all 128,
- * duplicates once, in slot order, plus offset 0 first when fewer slots are
- * non-zero than noffsets says (offset 0 can only sit in slot 0). Returns n,
- * or -1 if the frame is not a well-formed READ (len 1032, noffsets <= 128,
- * len within the frame). `out` must hold OX_SLOTS + 1 entries.
- */
-long ox_read_offsets(const uint8_t *frame, size_t len, uint64_t *out);
-
-/* ---- Server receive: per-source policing ------------------------------ */
+/* ---- Server receive: per-source policing (police.c, sockfilter.c; Linux) */
 
 typedef struct ox_police ox_police;
 
@@ -344,7 +329,7 @@ unsigned ox_fanout_index(const uint8_t *mac, unsigned members);
 long ox_rx_police(int fd, ox_police *p, uint64_t now_ns, uint8_t *out, size_t slot_size,
                   uint32_t *lens, size_t out_n, size_t max_frames, ox_police_stats *stats);
 
-/* ---- Server: READs of established sessions answered in C -------------- */
+/* ---- Server: READs answered in C (csrc/serve.c; Linux) ----------------- */
 
 /*
  * The sessions whose READs the receive loop answers itself: a READ that
@@ -411,12 +396,7 @@ long ox_rx_serve_wait(int fd, ox_police *p, ox_serve *s, int tx_fd, uint8_t *out
                       size_t slot_size, uint32_t *lens, size_t out_n, size_t max_frames,
                       ox_police_stats *stats, uint64_t spin_ns, int timeout_ms, int wake_fd);
 
-/* Pure validation of a received DATA frame, shared by ox_rx_data and the
- * tests: returns payload length n (>= 0) and the offset, or -1. */
-long ox_parse_data(const uint8_t *frame, size_t len, uint64_t *offset,
-                   int *exact);
-
-/* ---- DATA transmit through a PACKET_TX_RING ----------------------------- */
+/* ---- DATA transmit through a PACKET_TX_RING (csrc/txring.c; Linux) ----- */
 
 /*
  * Set up a TPACKET_V2 transmit ring of `frames` slots on fd (a raw socket
@@ -432,7 +412,7 @@ long ox_txring_send_data(ox_txring *r, const uint8_t *dst, const uint8_t *src,
                          const uint64_t *offsets, size_t n, uint32_t chunk,
                          ox_tx_stats *stats);
 
-/* ---- DATA transmit through an AF_XDP socket (csrc/xsk.c) ------------------ */
+/* ---- DATA transmit through an AF_XDP socket (csrc/xsk.c; Linux) -------- */
 
 /*
  * Open an AF_XDP socket for transmit only on queue `queue` of interface

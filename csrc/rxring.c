@@ -12,7 +12,7 @@
  * timeout. See oxboot.h for the contract.
  */
 #define _GNU_SOURCE
-#include "oxboot.h"
+#include "internal.h"
 
 #include <errno.h>
 #include <poll.h>

@@ -6,7 +6,7 @@
  * per second. See oxboot.h for the contract.
  */
 #define _GNU_SOURCE
-#include "oxboot.h"
+#include "internal.h"
 
 #include <errno.h>
 #include <poll.h>

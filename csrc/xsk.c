@@ -16,7 +16,7 @@
  * with a store-release of its own index.
  */
 #define _GNU_SOURCE
-#include "oxboot.h"
+#include "internal.h"
 
 #include <errno.h>
 #include <poll.h>

@@ -13,7 +13,13 @@ from oxboot._core import ffi, lib  # type: ignore[import-not-found]
 
 Buffer: TypeAlias = bytes | bytearray | memoryview | mmap.mmap
 
-__all__ = ["Buffer", "Sha256", "sha256", "ffi", "lib"]
+#: Whether the network core (raw sockets, rings, the server's and the sled's
+#: receive loops) is compiled in: on Linux only, and not in a build made
+#: with OXBOOT_PORTABLE=1. Without it ``lib`` has the image tools' functions
+#: (SHA-256, deflate, frames in memory) and none of the socket ones.
+HAS_NET: bool = bool(lib.OX_HAS_NET)
+
+__all__ = ["HAS_NET", "Buffer", "Sha256", "sha256", "ffi", "lib"]
 
 
 def _ptr(buf: Buffer) -> object:

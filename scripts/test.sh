@@ -25,6 +25,9 @@ if [ "${OXBOOT_SKIP_SANITIZE:-0}" != 1 ]; then
     scripts/sanitize.sh -q "$@"
 fi
 
+echo "== portable C core cross-compiled, tests against a build without the network core" >&2
+scripts/portable-check.sh
+
 if [ "${OXBOOT_SKIP_BENCH:-0}" != 1 ]; then
     echo "== quick benchmarks (ratios against same-run baselines, floors in bench/floors.json)" >&2
     bash bench/run.sh --quick

@@ -48,6 +48,24 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     core = Path(oxboot._core.__file__).resolve()
     if SANITIZED and (not core.is_relative_to(ROOT) or b"__asan_init" not in core.read_bytes()):
         raise pytest.UsageError(f"sanitizer run imported an uninstrumented C core: {core}")
+    if PORTABLE and (not core.is_relative_to(ROOT) or oxboot._core.lib.OX_HAS_NET):
+        raise pytest.UsageError(f"portable run imported a C core with the network part: {core}")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "net: needs the network core (Linux; not in an OXBOOT_PORTABLE=1 build)")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    from oxboot._native import HAS_NET
+
+    if HAS_NET:
+        return
+    skip = pytest.mark.skip(reason="the network core is not built here (portable build)")
+    for item in items:
+        if item.get_closest_marker("net") is not None:
+            item.add_marker(skip)
 
 
 @pytest.fixture(scope="session")
@@ -76,14 +94,16 @@ class Run:
 
 
 SANITIZED = os.environ.get("OXBOOT_SANITIZED") == "1"
+# A run against a core built with OXBOOT_PORTABLE=1 (scripts/portable-check.sh).
+PORTABLE = os.environ.get("OXBOOT_PORTABLE") == "1"
 _MODULES = {"mkimage": "mkimage", "lookimage": "lookimage", "bootserver": "bootserver",
             "oxboot": "main"}
 
 
 def command(name: str) -> list[str]:
     """How to start console script `name`: the installed script, or, in the
-    sanitizer run, the module from the instrumented tree on PYTHONPATH."""
-    if SANITIZED:
+    sanitizer and portable runs, the module from the tree on PYTHONPATH."""
+    if SANITIZED or PORTABLE:
         return [sys.executable, "-m", f"oxboot.cli.{_MODULES[name]}"]
     # Beside the interpreter first: version-manager shims on PATH are slow.
     beside = Path(sys.executable).parent / name

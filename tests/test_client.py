@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import resource
 
+import pytest
+
 from oxboot.client import _prepared_ramdisk
+
+pytestmark = pytest.mark.net  # the sled emulator is Linux-only
 
 BATCH = 128 * 1024
 

@@ -540,6 +540,7 @@ def _tx_offsets(size: int, count: int = 300) -> list[int]:
     return offs[:count]
 
 
+@pytest.mark.net
 @pytest.mark.parametrize("method", ["OX_TX_SENDMMSG", "OX_TX_SEND"])
 @pytest.mark.parametrize("blocking", [True, False], ids=["blocking", "nonblocking"])
 def test_tx_data_frames_equal_built_frames(method: str, blocking: bool) -> None:
@@ -564,6 +565,7 @@ def test_tx_data_frames_equal_built_frames(method: str, blocking: bool) -> None:
         assert 2 <= stats.syscalls
 
 
+@pytest.mark.net
 @pytest.mark.parametrize("chunk", [1, 26, MAX_DATA])
 def test_tx_data_chunk_sizes(chunk: int) -> None:
     image = image_bytes(5000)
@@ -574,6 +576,7 @@ def test_tx_data_chunk_sizes(chunk: int) -> None:
     assert stats.frames == len(offsets)
 
 
+@pytest.mark.net
 def test_tx_data_nothing_to_send() -> None:
     stats = ffi.new("ox_tx_stats *")
     a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -587,6 +590,7 @@ def test_tx_data_nothing_to_send() -> None:
     assert stats.frames == 0 and stats.syscalls == 0
 
 
+@pytest.mark.net
 @pytest.mark.parametrize("method", ["OX_TX_SENDMMSG", "OX_TX_SEND"])
 def test_tx_data_bad_fd_sets_errno(method: str) -> None:
     image = image_bytes(3000)
@@ -600,6 +604,7 @@ def test_tx_data_bad_fd_sets_errno(method: str) -> None:
     assert stats.frames == 0
 
 
+@pytest.mark.net
 def test_tx_data_bad_arguments() -> None:
     image = image_bytes(3000)
     stats = ffi.new("ox_tx_stats *")
@@ -659,6 +664,7 @@ def _macs(n: int, seed: int) -> list[bytes]:
     return [bytes([0x02 | (rng.randrange(64) << 2)]) + rng.randbytes(5) for _ in range(n)]
 
 
+@pytest.mark.net
 @pytest.mark.parametrize("n", [1, 2, 7, lib.OX_MAX_BLOCKED])
 def test_blocklist_drops_exactly_the_listed_sources(n: int) -> None:
     blocked = _macs(n, n)
@@ -685,6 +691,7 @@ def test_blocklist_drops_exactly_the_listed_sources(n: int) -> None:
         b.close()
 
 
+@pytest.mark.net
 def test_blocklist_bad_arguments() -> None:
     a, b = _unix_pair()
     try:
@@ -718,6 +725,7 @@ def _flagged(p: object) -> list[bytes]:
     return [flat[i:i + 6] for i in range(0, len(flat), 6)]
 
 
+@pytest.mark.net
 def test_police_flags_a_source_that_keeps_sending_over_its_rate() -> None:
     # 100 frames/s, bursts of 8: a source is flagged after 2 * 8 denials in a second.
     p = ffi.gc(lib.ox_police_new(100.0, 8.0, 64), lib.ox_police_free)
@@ -760,6 +768,7 @@ def test_police_flags_a_source_that_keeps_sending_over_its_rate() -> None:
         b.close()
 
 
+@pytest.mark.net
 def test_police_flagged_list_is_bounded_and_kept_until_taken() -> None:
     p = ffi.gc(lib.ox_police_new(1.0, 1.0, 4096), lib.ox_police_free)
     stats = ffi.new("ox_police_stats *")
@@ -847,6 +856,7 @@ def served():  # noqa: ANN201
     s.close()
 
 
+@pytest.mark.net
 def test_serve_answers_reads_of_its_sessions(served) -> None:  # noqa: ANN001
     s, image = served
     sled = bytes.fromhex("020000000001")
@@ -870,6 +880,7 @@ def test_serve_answers_reads_of_its_sessions(served) -> None:  # noqa: ANN001
     assert s.stats.served == 2
 
 
+@pytest.mark.net
 def test_serve_hands_back_what_is_not_its_own(served) -> None:  # noqa: ANN001
     s, image = served
     sled, stranger = bytes.fromhex("020000000001"), bytes.fromhex("020000000002")
@@ -887,6 +898,7 @@ def test_serve_hands_back_what_is_not_its_own(served) -> None:  # noqa: ANN001
     assert s.stats.served == 0 and s.info(sled).reads == 0
 
 
+@pytest.mark.net
 def test_serve_table_set_drop_and_capacity() -> None:
     s = Served(image_bytes(4096), sessions=3)
     try:
@@ -909,6 +921,7 @@ def test_serve_table_set_drop_and_capacity() -> None:
         s.close()
 
 
+@pytest.mark.net
 def test_serve_table_churn_keeps_every_entry_reachable() -> None:
     table = ffi.gc(lib.ox_serve_new(64), lib.ox_serve_free)
     rng = random.Random(3)
@@ -929,6 +942,7 @@ def test_serve_table_churn_keeps_every_entry_reachable() -> None:
             assert lib.ox_serve_get(table, x, info) == (1 if x in live else 0)
 
 
+@pytest.mark.net
 def test_serve_returns_after_out_n_reads() -> None:
     s = Served(image_bytes(64 * 1024))
     try:
@@ -943,6 +957,7 @@ def test_serve_returns_after_out_n_reads() -> None:
         s.close()
 
 
+@pytest.mark.net
 def test_serve_bad_arguments() -> None:
     assert lib.ox_serve_new(0) == ffi.NULL
     t = ffi.gc(lib.ox_serve_new(4), lib.ox_serve_free)
@@ -960,6 +975,7 @@ def test_serve_bad_arguments() -> None:
     lib.ox_serve_totals_get(ffi.NULL, ffi.new("ox_serve_totals *"))  # a no-op
 
 
+@pytest.mark.net
 def test_fanout_index_is_source_mac_bytes_2_to_5_modulo_members() -> None:
     # The kernel takes the fanout program's return value (MAC bytes 2..5)
     # modulo the group's size; the server routes DATA the same way.

@@ -40,10 +40,10 @@ lab = test_netboot.lab
 HERE = Path(__file__).resolve().parent
 FUZZ = HERE / "fuzz_frames.py"
 
-pytestmark = pytest.mark.skipif(
+pytestmark = [pytest.mark.net, pytest.mark.skipif(
     os.geteuid() != 0 and os.environ.get("CI") != "true",
     reason="network namespaces need root (CI runs as root)",
-)
+)]
 
 
 # ---- helpers ------------------------------------------------------------------

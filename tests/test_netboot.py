@@ -22,10 +22,10 @@ from oxboot.netlab import Host, Lab, lingering_namespaces, sh, wait_for
 
 HERE = Path(__file__).resolve().parent
 
-pytestmark = pytest.mark.skipif(
+pytestmark = [pytest.mark.net, pytest.mark.skipif(
     os.geteuid() != 0 and os.environ.get("CI") != "true",
     reason="network namespaces need root (CI runs as root)",
-)
+)]
 
 
 def raw_image(size: int, seed: int) -> bytes:

@@ -30,6 +30,7 @@ from test_netboot import events, images, lab, netboot  # noqa: F401
 from oxboot.netlab import Host, Lab, wait_for
 
 pytestmark = [
+    pytest.mark.net,
     pytest.mark.skipif(
         os.geteuid() != 0 and os.environ.get("CI") != "true",
         reason="network namespaces and setpriv need root (CI runs as root)",

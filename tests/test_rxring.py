@@ -30,7 +30,8 @@ from oxboot.protocol import (
     pack_frame,
 )
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (namespaces)")
+pytestmark = [pytest.mark.net,
+              pytest.mark.skipif(os.geteuid() != 0, reason="needs root (namespaces)")]
 
 IMAGE_SIZE = 3 * SLOTS * CHUNK - 700  # the last chunk short, and offsets past the end
 

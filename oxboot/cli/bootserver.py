@@ -6,7 +6,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from oxboot.cli.common import Parser, UsageError, run
+from oxboot.cli.common import Parser, UsageError, needs_network_core, run
 from oxboot.link import TX_METHODS, LinkError, parse_mac
 from oxboot.server import DEFAULT_BUSY_POLL, EventLog, Server
 
@@ -105,6 +105,9 @@ def _non_negative(text: str) -> float:
 
 
 def main(argv: Sequence[str] | None = None, prog: str = "bootserver") -> int:
+    refused = needs_network_core(prog)
+    if refused is not None:
+        return refused
     return run(build_parser(prog), _body, argv)
 
 

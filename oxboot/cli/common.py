@@ -51,6 +51,17 @@ def fail(message: str, status: int = 1) -> int:
     return status
 
 
+def needs_network_core(prog: str) -> int | None:
+    """For the commands that put frames on a wire: None if this build has
+    the network core, else the one-line error (status 1) saying why not."""
+    from oxboot._native import HAS_NET
+
+    if HAS_NET:
+        return None
+    return fail(f"{prog} needs Linux: this oxboot was built without its network core "
+                "(raw Ethernet sockets); the image tools work everywhere")
+
+
 def warn(message: str) -> None:
     sys.stderr.write(f"warning: {message}\n")
     sys.stderr.flush()

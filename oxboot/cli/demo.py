@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from oxboot.build import build_image
-from oxboot.cli.common import Parser, UsageError, run
+from oxboot.cli.common import Parser, UsageError, needs_network_core, run
 from oxboot.format import MIB, Codec, ImageError
 from oxboot.netlab import Lab, wait_for
 from oxboot.progress import human
@@ -147,6 +147,9 @@ def _body(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None, prog: str = "oxboot demo") -> int:
+    refused = needs_network_core(prog)
+    if refused is not None:
+        return refused
     return run(build_parser(prog), _body, argv)
 
 

@@ -6,7 +6,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from oxboot.cli.common import Parser, UsageError, emit_json, fail, run
+from oxboot.cli.common import Parser, UsageError, emit_json, fail, needs_network_core, run
 from oxboot.client import RECEIVE_METHODS, netboot
 from oxboot.link import LinkError
 from oxboot.progress import human
@@ -80,6 +80,9 @@ def _body(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None, prog: str = "oxboot netboot") -> int:
+    refused = needs_network_core(prog)
+    if refused is not None:
+        return refused
     return run(build_parser(prog), _body, argv)
 
 

@@ -1,0 +1,62 @@
+/*
+ * The one hash table keyed by MAC address, shared by the policer's buckets
+ * (csrc/police.c) and the served sessions (csrc/serve.c): open addressing
+ * with linear probing over a power-of-two array of fixed-size entries, each
+ * starting with an ox_mac_key. Pure C, portable. See internal.h.
+ */
+#include "internal.h"
+
+#include <stdlib.h>
+
+int ox_mactable_init(ox_mactable *t, size_t min_slots, size_t stride)
+{
+    size_t n = 16;
+    while (n < min_slots)
+        n <<= 1;
+    t->slots = calloc(n, stride);
+    if (t->slots == NULL)
+        return -1;
+    t->stride = stride;
+    t->mask = n - 1;
+    return 0;
+}
+
+void ox_mactable_free(ox_mactable *t)
+{
+    free(t->slots);
+    t->slots = NULL;
+}
+
+size_t ox_mac_home(const ox_mactable *t, const uint8_t *mac)
+{
+    uint64_t h = 1469598103934665603ull; /* FNV-1a */
+    for (int i = 0; i < 6; i++)
+        h = (h ^ mac[i]) * 1099511628211ull;
+    return (size_t)(h ^ (h >> 29)) & t->mask;
+}
+
+ox_mac_key *ox_mactable_find(const ox_mactable *t, const uint8_t *mac, size_t limit,
+                             ox_mac_key **slot)
+{
+    size_t i = ox_mac_home(t, mac);
+    ox_mac_key *reuse = NULL; /* the first tombstone seen */
+    if (limit > t->mask + 1)
+        limit = t->mask + 1;
+    for (size_t k = 0; k < limit; k++) {
+        ox_mac_key *e = ox_mactable_at(t, i + k);
+        if (e->used == OX_MAC_FREE) {
+            if (slot != NULL)
+                *slot = reuse != NULL ? reuse : e;
+            return NULL;
+        }
+        if (e->used == OX_MAC_GONE) {
+            if (reuse == NULL)
+                reuse = e;
+        } else if (memcmp(e->mac, mac, 6) == 0) {
+            return e;
+        }
+    }
+    if (slot != NULL)
+        *slot = reuse;
+    return NULL;
+}
