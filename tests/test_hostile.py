@@ -19,7 +19,7 @@ import pytest
 import test_netboot
 from test_faults import clear_loss, finish, start_helper, start_netboot, stop_helper
 from test_netboot import (
-    _drop_data,
+    _hold_data,
     bootserver,
     events,
     netboot,
@@ -398,6 +398,13 @@ for src in sys.argv[2].split(","):
 """
 
 
+def backlogs_empty() -> bool:
+    """No frame waits in any CPU's receive backlog (softnet_stat: the 12th
+    column is its length), where a veth puts each frame it is given."""
+    rows = Path("/proc/net/softnet_stat").read_text().splitlines()
+    return all(int(row.split()[11], 16) == 0 for row in rows)
+
+
 def test_backlog_flags_only_a_source_that_dominates_an_overflow(lab: Lab) -> None:
     rx_host, tx_host = lab.pair()
     rx = subprocess.Popen(rx_host.cmd([sys.executable, "-c", _BACKLOG_RX, rx_host.ifname]),
@@ -411,7 +418,9 @@ def test_backlog_flags_only_a_source_that_dominates_an_overflow(lab: Lab) -> Non
     def phase(sources: list[str], tag: str) -> dict:
         subprocess.run(tx_host.cmd([sys.executable, "-c", _BACKLOG_TX, tx_host.ifname,
                                     ",".join(sources)]), check=True, timeout=60)
-        time.sleep(0.2)
+        # Every frame sent is in the veth's backlog until the kernel delivers
+        # it to the socket (or drops it there): wait for the backlogs to empty.
+        until(lambda: backlogs_empty() or None, 30, "the kernel to deliver the frames")
         rx.stdin.write(tag + "\n")
         rx.stdin.flush()
         return json.loads(rx.stdout.readline())
@@ -483,8 +492,10 @@ def test_foreign_frames_are_ignored(lab: Lab, images: dict, tmp_path: Path, allo
     control = allowed if allow == "other-mac" else me
     got = rawpeer(peer, [
         *({"send": {"raw_hex": h}} for h in hostile), {"wait": 1.0},
-        # The control: a HELLO that must be answered, so silence above means something.
-        {"send": {"raw_hex": _hex(bcast, control, 0x9001, HELLO)}}, {"wait": 0.5},
+        # The control: a HELLO that must be answered, so silence above means something
+        # (waited for: both OFFERs, then half a second more for anything else).
+        {"send": {"raw_hex": _hex(bcast, control, 0x9001, HELLO)}},
+        {"until": {"type": "Offer", "count": 2}, "wait": 0.5},
     ])
     frames = got["frames"]
     assert [(f.get("type"), f["dst"]) for f in frames] == [("Offer", control)] * 2, frames
@@ -509,17 +520,23 @@ def test_only_the_given_interface_is_served(lab: Lab, images: dict, tmp_path: Pa
     bootserver(lab, srv, ["--json", srv.ifname, str(img), "any"], log)
     wait_listening(log)
 
-    def script(server_macs: list[str]) -> list[dict]:
+    def script(server_macs: list[str], answered: bool) -> list[dict]:
         # A READ from a host without a session is answered when one image
-        # is served (a resume), so READs alone would be answered too.
-        return [{"send": {"type": "hello", "dst": "broadcast"}}, {"wait": 0.3},
+        # is served (a resume), so READs alone would be answered too. On the
+        # served interface the answers are waited for (then as long again
+        # for anything more); on the other, the same time passes first.
+        def wait(kind: str, secs: float) -> dict:
+            return {"until": {"type": kind, "count": 1}, "wait": secs} if answered else \
+                {"wait": secs}
+
+        return [{"send": {"type": "hello", "dst": "broadcast"}}, wait("Offer", 0.3),
                 *({"send": {"type": "read", "dst": m, "slots": {"1": 1024}}}
                   for m in server_macs),
-                {"wait": 1.0}]
+                wait("Data", 1.0)]
 
-    got = rawpeer(other, script([srv.mac(), second.mac()]))
+    got = rawpeer(other, script([srv.mac(), second.mac()], answered=False))
     assert got["frames"] == [], got["frames"]
-    got = rawpeer(sled, script([srv.mac()]))
+    got = rawpeer(sled, script([srv.mac()], answered=True))
     kinds = [(f.get("type"), f["src"], f["dst"]) for f in got["frames"]]
     assert kinds == [("Offer", srv.mac(), sled.mac()), ("Data", srv.mac(), sled.mac())], kinds
     macs = {e.get("mac") for e in events(log) if e["event"] in ("offer", "start", "reset")}
@@ -553,7 +570,7 @@ def test_hello_flood_does_not_evict_a_booting_sled(lab: Lab, images: dict,
     log = tmp_path / "server.log"
     server = bootserver(lab, srv, ["--json", srv.ifname, str(img), "any"], log)
     wait_listening(log)
-    _drop_data(sled, 5)  # keeps the boot running through the flood
+    _hold_data(sled, len(raw) // 2)  # keeps the boot running through the flood
     save = tmp_path / "booting.raw"
     client = start_netboot(sled, img, save, 60)
     wait_for(lambda: any(e["event"] == "start" for e in events(log)), 30, "the boot to start")
