@@ -5,7 +5,11 @@
 It speaks the protocol frame by frame (so tests can send what the OS
 client never would) and prints, as JSON, every frame it received.
 Script steps: {"send": {...}} builds a frame from oxboot.protocol messages;
-{"wait": seconds} collects frames for that long.
+{"wait": seconds} collects frames for that long; {"until": {"type": T,
+"count": N}, "wait": seconds} collects frames until N of type T (a name of
+oxboot.protocol, e.g. "Offer") arrived in this step, then `seconds` more
+(for anything that should not come): a slow machine makes it wait longer,
+never miss them. Up to "deadline" seconds (30), then it fails.
 """
 
 from __future__ import annotations
@@ -49,6 +53,10 @@ def build(step: dict, me: bytes, server: bytes | None) -> bytes:
     raise SystemExit(f"unknown step {step}")
 
 
+def arrived(frames: list[dict], until: dict) -> bool:
+    return sum(1 for f in frames if f.get("type") == until["type"]) >= until["count"]
+
+
 def main() -> None:
     ifname, script = sys.argv[1], json.loads(sys.argv[2])
     link = RawLink(ifname)
@@ -58,8 +66,14 @@ def main() -> None:
         if "send" in step:
             link.send(build(step["send"], link.mac, server))
             continue
-        deadline = time.monotonic() + step["wait"]
+        until = step.get("until")
+        first = len(got)
+        met = until is None
+        deadline = time.monotonic() + (step.get("deadline", 30.0) if until else step["wait"])
         while time.monotonic() < deadline:
+            if not met and arrived(got[first:], until):
+                met = True
+                deadline = time.monotonic() + step["wait"]
             for buf in link.recv_pending():
                 item: dict = {"len": len(buf), "dst": buf[0:6].hex(":"), "src": buf[6:12].hex(":")}
                 try:
@@ -78,6 +92,8 @@ def main() -> None:
                         server = server or frame.src
                 got.append(item)
             time.sleep(0.002)
+        if not met and not arrived(got[first:], until):
+            raise SystemExit(f"timed out waiting for {until}: got {got[first:]}")
     print(json.dumps({"mac": link.mac.hex(":"), "frames": got}))
 
 

@@ -11,13 +11,15 @@ import struct
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 import test_netboot
 from test_faults import clear_loss, finish, start_helper, start_netboot, stop_helper
 from test_netboot import (
-    _drop_data,
+    _hold_data,
     bootserver,
     events,
     netboot,
@@ -28,12 +30,14 @@ from test_netboot import (
 
 from oxboot import build_image
 from oxboot.netlab import Host, Lab, sh, wait_for
-from oxboot.protocol import encode_dataset
+from oxboot.protocol import ETHERTYPE, encode_dataset
 from oxboot.verify import read_header
 
 # The network fixtures of test_netboot, found by pytest under these names.
 images = test_netboot.images
 lab = test_netboot.lab
+
+T = TypeVar("T")
 
 HERE = Path(__file__).resolve().parent
 FUZZ = HERE / "fuzz_frames.py"
@@ -64,7 +68,7 @@ def final_stats(server: subprocess.Popen[bytes], log: Path) -> dict:
 
 
 def capture(lab: Lab, host: Host, macs: list[str], imgs: list[tuple[Path, bytes]],
-            tmp_path: Path) -> subprocess.Popen[str]:
+            tmp_path: Path, *extra: str) -> subprocess.Popen[str]:
     """Check every frame that arrives at `host` (the far end of the server's
     link) from now on (see fuzz_frames.py capture). Not on the server's own
     interface: frames sent by AF_XDP pass no packet socket there."""
@@ -73,7 +77,7 @@ def capture(lab: Lab, host: Host, macs: list[str], imgs: list[tuple[Path, bytes]
         path = tmp_path / f"capture-{i}.raw"
         path.write_bytes(raw)
         args += ["--image-mac", mac, "--raw", str(path), "--offer", offer_payload(img).hex()]
-    return start_helper(lab, host, *args)
+    return start_helper(lab, host, *args, *extra)
 
 
 def far_end(lab: Lab, host: Host) -> Host:
@@ -94,6 +98,98 @@ def far_end(lab: Lab, host: Host) -> Host:
             for index, name, peer in links(ns) if (index, peer) == (mine[2], mine[0])]
     assert len(ends) == 1, (host, ends)
     return ends[0]
+
+
+def until(predicate: Callable[[], T | None], timeout: float, what: str) -> T:
+    """Poll `predicate` (a few times a second: it may run nft) until it
+    returns something other than None; fail after `timeout` seconds, a
+    bound for a broken server, never for a slow machine."""
+    deadline = time.monotonic() + timeout
+    while True:
+        got = predicate()
+        if got is not None:
+            return got
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(0.2)
+
+
+def count_arrivals(host: Host) -> None:
+    """Count, in the kernel, every frame of the protocol that arrives at
+    `host`'s interface, in all and by source MAC: an nftables netdev
+    ingress hook, which sees each frame before any packet socket bound to
+    the protocol does (and before a socket filter can drop it). Removed
+    with the namespace."""
+    rules = (
+        f"table netdev oxcount {{\n"
+        f" set src {{ type ether_addr; size 65535; flags dynamic; counter; }}\n"
+        f" chain in {{\n"
+        f"  type filter hook ingress device {host.ifname} priority -10;\n"
+        f"  ether type {ETHERTYPE:#x} counter\n"
+        f"  ether type {ETHERTYPE:#x} update @src {{ ether saddr }}\n"
+        f" }}\n}}\n")
+    subprocess.run(["ip", "netns", "exec", host.ns, "nft", "-f", "-"], input=rules, text=True,
+                   check=True, capture_output=True)
+
+
+def arrivals(host: Host) -> tuple[int, dict[str, int]]:
+    """(frames of the protocol that arrived at `host` so far, the same by
+    source MAC), from :func:`count_arrivals`."""
+    out = sh("ip", "netns", "exec", host.ns, "nft", "-j", "list", "table", "netdev",
+             "oxcount").stdout
+    total, by_src = -1, {}
+    for item in json.loads(out)["nftables"]:
+        if "rule" in item:
+            for expr in item["rule"]["expr"]:
+                if "counter" in expr:
+                    total = expr["counter"]["packets"]
+        elif "set" in item:
+            for e in item["set"].get("elem", []):
+                by_src[e["elem"]["val"]] = e["elem"]["counter"]["packets"]
+    assert total >= 0, out
+    return total, by_src
+
+
+def handled(stats: dict) -> int:
+    """Frames the server took off its socket and counted, each in exactly one
+    category: parsed (frames, including READs answered in C), malformed
+    (bad_frames), not for it (rx_foreign, in C) or over its source's rate
+    (rx_policed)."""
+    return (stats.get("frames", 0) + stats.get("bad_frames", 0) + stats["rx_foreign"]
+            + stats["rx_policed"])
+
+
+def accounting(srv: Host, stats: dict, log: Path) -> str | None:
+    """Why `stats` does not account for every frame that arrived at the
+    server's interface (None if it does). Every frame that arrived reached
+    the server's socket (rx_packets) unless the socket filter dropped it for
+    a blocked source; of those the kernel dropped rx_drops for a full queue,
+    and the server counted each of the others in one category."""
+    total, by_src = arrivals(srv)
+    taken = stats["rx_packets"] - stats["rx_drops"]
+    if handled(stats) != taken:
+        return f"handled {handled(stats)} of the {taken} frames taken"
+    blocked = {e["mac"] for e in events(log) if e["event"] == "blocked"}
+    filtered = total - stats["rx_packets"]
+    # Frames a socket filter dropped are in no socket counter: at most all
+    # that the blocked sources sent, none if nothing was blocked.
+    if not 0 <= filtered <= sum(by_src.get(m, 0) for m in blocked):
+        return (f"{total} frames arrived, {stats['rx_packets']} reached the socket, "
+                f"blocked sources {sorted(blocked)} sent {[by_src.get(m) for m in blocked]}")
+    return None
+
+
+def settled(srv: Host, log: Path, timeout: float = 60) -> dict:
+    """The first periodic stats event (from now on) that accounts for every
+    frame that arrived at the server (see :func:`accounting`): it has read
+    its socket's queue and has no frame left unhandled."""
+    before = sum(1 for e in events(log) if e["event"] == "stats")
+
+    def check() -> dict | None:
+        stats = [e for e in events(log) if e["event"] == "stats"][before:]
+        return stats[-1] if stats and accounting(srv, stats[-1], log) is None else None
+
+    return until(check, timeout, "the server to account for every frame that arrived")
 
 
 # ---- the fuzz run -------------------------------------------------------------------
@@ -118,6 +214,7 @@ def test_fuzz_run(lab: Lab, images: dict, tmp_path: Path, mode: str) -> None:
         spoof = sled.mac()
         allow = sled.mac()
     log = tmp_path / "server.log"
+    count_arrivals(srv)
     server = bootserver(lab, srv, ["--json", "--image", str(imgs[1][0]), srv.ifname,
                                    str(imgs[0][0]), allow], log)
     wait_listening(log)
@@ -133,19 +230,32 @@ def test_fuzz_run(lab: Lab, images: dict, tmp_path: Path, mode: str) -> None:
     assert p.returncode == 0, p.stderr
     fuzz = json.loads(p.stdout)
     assert fuzz["sent"] >= 100_000 and fuzz["errors"] == 0, fuzz
-    time.sleep(1.5)  # let the server work through its queue
+    if mode == "any-host":
+        # One veth between them: a frame the fuzzer counts as sent was taken
+        # by the veth (a full queue refuses it, ENOBUFS, and it is sent
+        # again), so every one of them arrives at the server's interface.
+        until(lambda: arrivals(srv)[0] >= fuzz["sent"] or None, 60,
+              "the fuzz frames to arrive")
+        assert arrivals(srv)[0] == fuzz["sent"], (arrivals(srv)[0], fuzz)
+    # The server has read and counted every frame that arrived (or the
+    # kernel dropped it, counted) before the sled starts.
+    settled(srv, log)
+    after_fuzz = arrivals(srv)[0]
 
     assert server.poll() is None, log.read_text()[-2000:]
     status, result, saved = netboot(sled, imgs[0][0], tmp_path, timeout=30)
     assert status == 0 and result["verified"], (json.dumps(result), log.read_text()[-1500:])
     assert saved.read_bytes() == imgs[0][1]
-    time.sleep(0.3)
+    settled(srv, log)  # the sled's FINISHED too: nothing left to answer
     seen = stop_helper(cap)
     stats = final_stats(server, log)
+    total, by_src = arrivals(srv)
     print(f"\nfuzz {mode}: {fuzz['sent']} frames in {fuzz['seconds']} s ({fuzz['rate']}/s), "
           f"{fuzz['bad']} malformed; kinds {fuzz['kinds']}\n"
+          f"arrived at the server: {after_fuzz} during the fuzz, {total} in all\n"
           f"server: bad_frames {stats.get('bad_frames')}, frames {stats.get('frames')}, "
-          f"rx_drops {stats['rx_drops']}, "
+          f"rx_drops {stats['rx_drops']}, rx_foreign {stats['rx_foreign']}, "
+          f"rx_policed {stats['rx_policed']}, sources_blocked {stats['sources_blocked']}, "
           f"rx_packets {stats['rx_packets']}, ignored {stats.get('ignored')}, "
           f"rate_limited {stats.get('rate_limited')}, resets {stats.get('resets')}, "
           f"tx_frames {stats['tx_frames']}, tx_dropped_jobs {stats['tx_dropped_jobs']}\n"
@@ -162,96 +272,93 @@ def test_fuzz_run(lab: Lab, images: dict, tmp_path: Path, mode: str) -> None:
         assert counts.get("data_eof", 0) > 0  # offsets past the end, near 2**64: answered
     assert seen["min_payload"] >= 26  # tails padded, never a runt the OS panics on
     assert not [e for e in events(log) if e["event"] == "error"]
-    # The server drops what its socket cannot hold (counted); every frame it
-    # did take is handled, counted as bad (in Python, or as foreign in the C
-    # receive path) or policed (its source over its rate), and the bad share
-    # of the unpoliced ones is the malformed share of what was sent.
-    taken = stats["rx_packets"] - stats["rx_drops"]
-    bad = stats["bad_frames"] + stats["rx_foreign"]
-    assert stats["frames"] + bad + stats["rx_policed"] == taken, stats
-    assert bad >= 0.85 * (taken - stats["rx_policed"]) * fuzz["bad"] / fuzz["sent"], (stats, fuzz)
-    assert bad > 1000
+    # Exact accounting, at the end of the run: every frame that arrived at
+    # the server's interface (counted in the kernel) reached its socket or
+    # was dropped by the socket filter for a blocked source; the kernel
+    # dropped what the socket could not hold (counted); every frame the
+    # server took is counted once, as parsed, bad (in Python, or foreign in
+    # the C receive path) or policed (its source over its rate).
+    assert accounting(srv, stats, log) is None, (accounting(srv, stats, log), stats)
+    # No malformed frame is ever counted as parsed: at most the well-formed
+    # frames the fuzzer sent, and the sled's, are.
+    assert stats.get("frames", 0) <= fuzz["sent"] - fuzz["bad"] + (total - after_fuzz), (
+        stats, fuzz, total, after_fuzz)
+    assert stats.get("bad_frames", 0) + stats["rx_foreign"] > 1000, stats
 
 
 # ---- a READ flood next to a legitimate sled -------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def flood_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """One measurement shared by the flood tests: a 32 MiB boot undisturbed
-    (best of 2), then two while another host on the bridge floods valid
-    128-offset READs as fast as it can, then one after the flood."""
-    tmp = tmp_path_factory.mktemp("flood")
-    raw = raw_image(32 << 20, 11)
-    (tmp / "flood.raw").write_bytes(raw)
-    img = tmp / "flood.img"
-    build_image(tmp / "flood.raw", img, target_size=64 << 20, image_name="flood")
-    lab = Lab()
-    try:
-        srv, sled, flooder = lab.bridge(3)
-        flooder_mac = flooder.mac()
-        log = tmp / "server.log"
-        server = bootserver(lab, srv, ["--json", srv.ifname, str(img), "any"], log)
-        wait_listening(log)
-        quiet = []
-        for _ in range(2):
-            status, result, saved = netboot(sled, img, tmp, timeout=30)
-            assert status == 0 and result["verified"], result
-            quiet.append(result["total_seconds"])
-        base = min(quiet)
-        flood = start_helper(lab, flooder, "flood", flooder.ifname, "--server", srv.mac(),
-                             "--image-size", str(len(raw)))
-        time.sleep(1.0)  # the flood at full speed
-        flooded = []
-        for _ in range(2):
-            # Far more than 2x: a boot still running by then has failed the test anyway.
-            status, result, saved = netboot(sled, img, tmp, timeout=max(10.0, 50 * base))
-            result["ok"] = status == 0 and result["verified"] and saved.read_bytes() == raw
-            flooded.append(result)
-        sent = stop_helper(flood)
-        alive = server.poll() is None
-        status, after, saved = netboot(sled, img, tmp, timeout=30)
-        after_ok = status == 0 and after["verified"] and saved.read_bytes() == raw
-        stats = final_stats(server, log)
-        blocked = [e for e in events(log) if e["event"] == "blocked"]
-    finally:
-        lab.close()
-    took = [r["total_seconds"] for r in flooded]
-    print(f"\nREAD flood: undisturbed 32 MiB boots {quiet} s (best {base:.4f} s); under a flood "
-          f"of {sent['rate']} READs/s from one host: {took} s "
-          f"({max(took) / base:.2f}x at worst), states {[r['state'] for r in flooded]}, "
-          f"retransmissions {[r['retransmits'] for r in flooded]}; after the flood: "
-          f"{after['total_seconds']} s. Server: sources blocked {stats['sources_blocked']} "
-          f"({[e['mac'] for e in blocked]}), rx_policed {stats['rx_policed']}, "
-          f"rx_drops {stats['rx_drops']}, reads {stats.get('reads')}, "
-          f"tx_dropped_jobs {stats['tx_dropped_jobs']}, tx_frames {stats['tx_frames']}")
-    return {"base": base, "flooded": flooded, "after_ok": after_ok, "alive": alive,
-            "flood": sent, "stats": stats, "blocked": blocked, "flooder": flooder_mac}
-
-
-def test_read_flood_is_limited_and_survived(flood_run: dict) -> None:
-    assert flood_run["alive"]
-    assert flood_run["after_ok"]  # served normally once the flood stops
-    assert flood_run["flood"]["sent"] > 10_000, flood_run["flood"]
-    stats = flood_run["stats"]
+def test_read_flood_is_blocked_and_a_sled_boots_beside_it(lab: Lab, tmp_path: Path) -> None:
+    """Another host on the bridge floods valid 128-offset READs as fast as
+    it can: the server flags it (over its rate, or the cause of its
+    socket's overflow) and has the kernel drop its frames, its and no one
+    else's; beside it a sled boots and verifies twice while the flood goes
+    on, and once more after it; nothing but OFFER/DATA/RESET leaves the
+    server. How much the flood slows a boot is a benchmark figure
+    (bench/test_hostile.py), not a test."""
+    raw = raw_image(4 << 20, 11)
+    (tmp_path / "flood.raw").write_bytes(raw)
+    img = tmp_path / "flood.img"
+    build_image(tmp_path / "flood.raw", img, target_size=64 << 20, image_name="flood")
+    srv, sled, flooder = lab.bridge(3)
+    flooder_mac = flooder.mac()
+    count_arrivals(srv)
+    log = tmp_path / "server.log"
+    server = bootserver(lab, srv, ["--json", srv.ifname, str(img), "any"], log)
+    wait_listening(log)
+    # Every frame the server sends is checked but the DATA it answers the
+    # flood with before the block (a million frames): the capture's filter
+    # checks those are DATA from the server to the flooder.
+    cap = capture(lab, far_end(lab, srv), image_macs(log), [(img, raw)], tmp_path,
+                  "--skip-data-to", flooder_mac)
+    flood = start_helper(lab, flooder, "flood", flooder.ifname, "--server", srv.mac(),
+                         "--image-size", str(len(raw)))
+    # It takes milliseconds; the bound is for a server that never blocks it.
+    until(lambda: [e for e in events(log) if e["event"] == "blocked"] or None, 60,
+          "the flooder to be blocked")
+    flooded = []
+    for _ in range(2):
+        before = arrivals(srv)[1].get(flooder_mac, 0)
+        status, result, saved = netboot(sled, img, tmp_path, timeout=60)
+        assert status == 0 and result["verified"], result
+        assert saved.read_bytes() == raw
+        flooded.append(result)
+        # The flood went on during the boot (counted at the server's interface).
+        assert arrivals(srv)[1].get(flooder_mac, 0) > before
+    sent = stop_helper(flood)
+    assert sent["sent"] > 10_000, sent
+    assert server.poll() is None, log.read_text()[-2000:]
+    # Served normally once the flood stops.
+    status, after, saved = netboot(sled, img, tmp_path, timeout=60)
+    assert status == 0 and after["verified"] and saved.read_bytes() == raw, after
+    settled(srv, log)
+    seen = stop_helper(cap)
+    stats = final_stats(server, log)
+    blocked = [e for e in events(log) if e["event"] == "blocked"]
+    total, by_src = arrivals(srv)
+    print(f"\nREAD flood of {sent['rate']} READs/s from one host: boots beside it "
+          f"{[r['total_seconds'] for r in flooded]} s, after it {after['total_seconds']} s; "
+          f"{by_src.get(flooder_mac)} of the flooder's frames arrived, "
+          f"{total - stats['rx_packets']} dropped by the socket filter. Server: sources blocked "
+          f"{stats['sources_blocked']} ({[e['mac'] for e in blocked]}), rx_policed "
+          f"{stats['rx_policed']}, rx_drops {stats['rx_drops']}, reads {stats.get('reads')}, "
+          f"tx_dropped_jobs {stats['tx_dropped_jobs']}, tx_frames {stats['tx_frames']}; "
+          f"captured {seen['counts']}")
     # Flagged in C (over its rate, or the cause of the socket's overflow),
     # then blocked in the kernel: the flooder, and only the flooder.
     assert stats["sources_blocked"] >= 1, stats
-    assert {e["mac"] for e in flood_run["blocked"]} == {flood_run["flooder"]}, flood_run["blocked"]
-
-
-def test_read_flood_sled_within_twice_undisturbed_time(flood_run: dict) -> None:
-    if os.environ.get("OXBOOT_SANITIZED") == "1":
-        # A timing target: under AddressSanitizer the server drains a flood
-        # several times slower and a sled's first HELLO can be lost (a 4 s
-        # retry). The plain run checks it; this run still checks the boots.
-        assert all(r["ok"] for r in flood_run["flooded"]), flood_run["flooded"]
-        pytest.skip("timing under AddressSanitizer is not representative")
-    for result in flood_run["flooded"]:
-        assert result["ok"], result
-        took = result["total_seconds"]
-        assert took <= 2 * flood_run["base"], (
-            f"flooded boot {took} s vs undisturbed {flood_run['base']} s")
+    assert {e["mac"] for e in blocked} == {flooder_mac}, blocked
+    # In the kernel: of the frames that arrived, the socket filter dropped
+    # some (they reached no socket counter), all of them the flooder's.
+    assert accounting(srv, stats, log) is None, (accounting(srv, stats, log), stats)
+    assert total - stats["rx_packets"] > 0, (total, stats)
+    # Only OFFER/DATA/RESET of this protocol, every DATA byte the image's.
+    assert seen["kernel_drops"] == 0, seen
+    assert seen["violations"] == [], seen["violations"]
+    assert seen["counts"].get("data", 0) >= 3 * len(raw) // 1024, seen
+    assert set(seen["destinations"]) <= {sled.mac(), flooder_mac}, seen["destinations"]
+    assert not [e for e in events(log) if e["event"] == "error"]
 
 
 # ---- the policer's backlog rule, on a real packet socket ---------------------------------
@@ -291,6 +398,13 @@ for src in sys.argv[2].split(","):
 """
 
 
+def backlogs_empty() -> bool:
+    """No frame waits in any CPU's receive backlog (softnet_stat: the 12th
+    column is its length), where a veth puts each frame it is given."""
+    rows = Path("/proc/net/softnet_stat").read_text().splitlines()
+    return all(int(row.split()[11], 16) == 0 for row in rows)
+
+
 def test_backlog_flags_only_a_source_that_dominates_an_overflow(lab: Lab) -> None:
     rx_host, tx_host = lab.pair()
     rx = subprocess.Popen(rx_host.cmd([sys.executable, "-c", _BACKLOG_RX, rx_host.ifname]),
@@ -304,7 +418,9 @@ def test_backlog_flags_only_a_source_that_dominates_an_overflow(lab: Lab) -> Non
     def phase(sources: list[str], tag: str) -> dict:
         subprocess.run(tx_host.cmd([sys.executable, "-c", _BACKLOG_TX, tx_host.ifname,
                                     ",".join(sources)]), check=True, timeout=60)
-        time.sleep(0.2)
+        # Every frame sent is in the veth's backlog until the kernel delivers
+        # it to the socket (or drops it there): wait for the backlogs to empty.
+        until(lambda: backlogs_empty() or None, 30, "the kernel to deliver the frames")
         rx.stdin.write(tag + "\n")
         rx.stdin.flush()
         return json.loads(rx.stdout.readline())
@@ -376,8 +492,10 @@ def test_foreign_frames_are_ignored(lab: Lab, images: dict, tmp_path: Path, allo
     control = allowed if allow == "other-mac" else me
     got = rawpeer(peer, [
         *({"send": {"raw_hex": h}} for h in hostile), {"wait": 1.0},
-        # The control: a HELLO that must be answered, so silence above means something.
-        {"send": {"raw_hex": _hex(bcast, control, 0x9001, HELLO)}}, {"wait": 0.5},
+        # The control: a HELLO that must be answered, so silence above means something
+        # (waited for: both OFFERs, then half a second more for anything else).
+        {"send": {"raw_hex": _hex(bcast, control, 0x9001, HELLO)}},
+        {"until": {"type": "Offer", "count": 2}, "wait": 0.5},
     ])
     frames = got["frames"]
     assert [(f.get("type"), f["dst"]) for f in frames] == [("Offer", control)] * 2, frames
@@ -402,17 +520,23 @@ def test_only_the_given_interface_is_served(lab: Lab, images: dict, tmp_path: Pa
     bootserver(lab, srv, ["--json", srv.ifname, str(img), "any"], log)
     wait_listening(log)
 
-    def script(server_macs: list[str]) -> list[dict]:
+    def script(server_macs: list[str], answered: bool) -> list[dict]:
         # A READ from a host without a session is answered when one image
-        # is served (a resume), so READs alone would be answered too.
-        return [{"send": {"type": "hello", "dst": "broadcast"}}, {"wait": 0.3},
+        # is served (a resume), so READs alone would be answered too. On the
+        # served interface the answers are waited for (then as long again
+        # for anything more); on the other, the same time passes first.
+        def wait(kind: str, secs: float) -> dict:
+            return {"until": {"type": kind, "count": 1}, "wait": secs} if answered else \
+                {"wait": secs}
+
+        return [{"send": {"type": "hello", "dst": "broadcast"}}, wait("Offer", 0.3),
                 *({"send": {"type": "read", "dst": m, "slots": {"1": 1024}}}
                   for m in server_macs),
-                {"wait": 1.0}]
+                wait("Data", 1.0)]
 
-    got = rawpeer(other, script([srv.mac(), second.mac()]))
+    got = rawpeer(other, script([srv.mac(), second.mac()], answered=False))
     assert got["frames"] == [], got["frames"]
-    got = rawpeer(sled, script([srv.mac()]))
+    got = rawpeer(sled, script([srv.mac()], answered=True))
     kinds = [(f.get("type"), f["src"], f["dst"]) for f in got["frames"]]
     assert kinds == [("Offer", srv.mac(), sled.mac()), ("Data", srv.mac(), sled.mac())], kinds
     macs = {e.get("mac") for e in events(log) if e["event"] in ("offer", "start", "reset")}
@@ -446,7 +570,7 @@ def test_hello_flood_does_not_evict_a_booting_sled(lab: Lab, images: dict,
     log = tmp_path / "server.log"
     server = bootserver(lab, srv, ["--json", srv.ifname, str(img), "any"], log)
     wait_listening(log)
-    _drop_data(sled, 5)  # keeps the boot running through the flood
+    _hold_data(sled, len(raw) // 2)  # keeps the boot running through the flood
     save = tmp_path / "booting.raw"
     client = start_netboot(sled, img, save, 60)
     wait_for(lambda: any(e["event"] == "start" for e in events(log)), 30, "the boot to start")

@@ -168,7 +168,7 @@ def test_server_drops_and_counts_a_burst_of_reads(lab: Lab, images: dict,
     finally:
         os.killpg(server.pid, signal.SIGCONT)
     wait_for(lambda: any(e["event"] == "stats" and e["reads"] >= burst for e in events(log)),
-             10, "the server to handle the READs")
+             60, "the server to handle the READs")
     server.terminate()
     server.wait(15)
     stats = [e for e in events(log) if e["event"] == "stats"][-1]
