@@ -40,10 +40,16 @@ def _events(log: Path) -> list[dict]:
 
 
 def _boot(host: Host, image: Path, timeout: float = 120) -> float:
-    """A verified boot's total seconds (HELLO to verified)."""
+    """A verified boot's total seconds (HELLO to verified). In self-test
+    mode the slowed server may starve the sled altogether: a boot that does
+    not finish within 20 s counts as taking those 20 s."""
+    if SELF_TEST:
+        timeout = 20
     p = subprocess.run(host.cmd([*script("oxboot"), "netboot", host.ifname, "--want-image",
                                  str(image), "--json", "-t", str(timeout)]),
                        capture_output=True, text=True, timeout=timeout + 30)
+    if SELF_TEST and p.returncode != 0:
+        return float(timeout)
     assert p.returncode == 0, (p.stdout, p.stderr)
     result = json.loads(p.stdout.splitlines()[-1])
     assert result["verified"], result

@@ -14,6 +14,7 @@ import json
 import os
 import re
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -34,7 +35,9 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (namespace
 
 @pytest.fixture(scope="module")
 def image(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    size = (64 if QUICK else 256) << 20
+    # 256 MiB in quick mode too: a boot of it takes ~0.4 s, long enough
+    # against the sled's start and end; sixteen sleds hold 4 GiB of RAM.
+    size = 256 << 20
     d = tmp_path_factory.mktemp("netbench")
     raw = d / "img.raw"
     with open(raw, "wb") as f:
@@ -173,16 +176,18 @@ def test_faithful_client_boot_vs_trafgen(lab: Lab, image: Path, tmp_path: Path) 
     dropped = trafgen(srv, BLAST_SECONDS, cli, receiver="discard")
     log = tmp_path / "srv.log"
     lab.start(srv, [*script("bootserver"), "--json",
-                    *knob(("faithful_boot_vs_trafgen_bytes",), [], ["--tx", "send"]),
+                    *knob(("faithful_boot_vs_trafgen_bytes",), [],
+                          ["--tx", "send", "--busy-poll", "0"]),
                     srv.ifname, str(image), "any"], log)
     wait_for(lambda: '"event": "image"' in log.read_text(), 30, "server")
-    results = [_boot(cli, image) for _ in range(1 if QUICK else 2)]
-    best = max(r["mbps"] for r in results)
+    results = [_boot(cli, image) for _ in range(3)]
+    boot_mbps = statistics.median(r["mbps"] for r in results)  # a boot is ~0.4 s
     trafgen_mbps = base["fps"] * FRAME / 1e6
     dropped_mbps = dropped["fps"] * FRAME / 1e6
-    note("faithful_boot_vs_trafgen_to_dropping_socket", ratio=round(best / dropped_mbps, 3),
+    note("faithful_boot_vs_trafgen_to_dropping_socket", ratio=round(boot_mbps / dropped_mbps, 3),
          trafgen_mbps=round(dropped_mbps, 1))
-    record("faithful_boot_vs_trafgen_bytes", best / trafgen_mbps, boot_mbps=round(best, 1),
+    record("faithful_boot_vs_trafgen_bytes", boot_mbps / trafgen_mbps,
+           boot_mbps=round(boot_mbps, 1), boots_mbps=[round(r["mbps"], 1) for r in results],
            trafgen_mbps=round(trafgen_mbps, 1), trafgen_receiver="netsniff-ng (ring)",
            trafgen_cpu_us_per_frame=round(base["cpu_per_frame_us"], 3),
            trafgen_to_dropping_socket_mbps=round(dropped_mbps, 1),
