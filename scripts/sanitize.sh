@@ -7,8 +7,11 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-cp -a csrc oxboot tests contrib setup.py pyproject.toml README.md LICENSE "$work/"
-rm -f "$work"/oxboot/_core*.so
+# The whole tree (the tests read bench/floors.json, man/, docs/ ...), less
+# build output: the C core is built again, instrumented.
+tar -C . --exclude=./.git --exclude='*.so' --exclude='*.o' --exclude=__pycache__ \
+    --exclude='*.egg-info' --exclude=./build --exclude=./dist --exclude=./oxboot/_core.c \
+    -cf - . | tar -C "$work" -xf -
 (cd "$work" && OXBOOT_SANITIZE=1 "$PY" setup.py -q build_ext --inplace >/dev/null 2>&1) || {
     echo "sanitizer build failed" >&2
     (cd "$work" && OXBOOT_SANITIZE=1 "$PY" setup.py build_ext --inplace)
