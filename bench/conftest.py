@@ -196,6 +196,9 @@ def _print_self_test() -> None:
         r = RESULTS.get(name)
         limit = floor["quick" if QUICK else "full"]
         sign = "≤" if floor["kind"] == "max" else "≥"
+        if limit is None:
+            rows.append(f"| {name} | full runs only | | | |")
+            continue
         if r is None or not r.get("slowed_by"):
             why = floor.get("no_self_test", "not measured in this run")
             rows.append(f"| {name} | {sign} {limit} | — ({why}) | | |")
