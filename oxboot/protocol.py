@@ -25,6 +25,7 @@ from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 from oxboot._native import Sha256
+from oxboot.format import MIN_OFFER_SIZE
 
 __all__ = [
     "ACTIVE_WINDOW",
@@ -111,7 +112,6 @@ NETBOOT_ALIGN = SLOTS * CHUNK  # 131072: the OS hashes up to a batch boundary
 HELLO_TEXT = b"Hello!  I'd like to buy a ramdisk please."
 HELLO_INTERVAL = 4.0
 RETRANSMIT_AFTER = 1.0
-MIN_OFFER_SIZE = 1 << 20
 DATA_HDR_LEN = ETH_HLEN + HDR_LEN + 8  # 34
 
 _U64_MAX = (1 << 64) - 1

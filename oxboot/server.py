@@ -24,13 +24,20 @@ from pathlib import Path
 from typing import TextIO
 
 from oxboot._native import ffi, lib
-from oxboot.format import HEADER_SIZE, NETBOOT_ALIGN, Codec, Header, ImageError
+from oxboot.format import (
+    HEADER_SIZE,
+    Header,
+    ImageError,
+    Warn,
+    check_header,
+    check_layout,
+    header_warnings,
+)
 from oxboot.link import MAX_BLOCKED, RawLink, image_mac, mac_str
 from oxboot.privileges import drop_privileges
 from oxboot.progress import human
 from oxboot.protocol import (
     CHUNK,
-    MIN_OFFER_SIZE,
     SLOTS,
     BootServer,
     Ignored,
@@ -45,7 +52,7 @@ from oxboot.protocol import (
 )
 from oxboot.receiver import POLICE_FIELDS, READ_BURST, TOTAL_FIELDS, Receiver
 from oxboot.txworkers import Job, TxPool
-from oxboot.verify import check_header, copy_data
+from oxboot.verify import copy_data
 
 _READ_TYPE = int(MsgType.READ).to_bytes(4, "big")
 _U64_MAX = (1 << 64) - 1
@@ -114,16 +121,12 @@ def load_image(path: str | os.PathLike[str], scratch: str | None = None) -> Serv
         st = os.fstat(f.fileno())
         header = Header.parse(f.read(HEADER_SIZE))
         check_header(header)
-        have = st.st_size - HEADER_SIZE
-        if have < header.data_size:
-            raise ImageError(f"{path}: file holds {max(have, 0)} bytes of data, header says "
-                             f"{header.data_size} (truncated?)")
-        if header.codec is not Codec.NONE and have > header.data_size:
-            raise ImageError(f"{path}: {have - header.data_size} stray bytes after the data")
+        try:
+            check_layout(header, st.st_size)
+        except ImageError as e:
+            raise ImageError(f"{path}: {e}") from None
         scratch = scratch or os.environ.get("OXBOOT_SCRATCH") or "/var/tmp"
         with tempfile.TemporaryFile(dir=scratch, prefix="oxboot-serve-") as tmp:
-            # Only image_size bytes are ever copied: a longer file's tail is
-            # never served.
             try:
                 copy_data(f, header, _FileSink(tmp.fileno()))
             except ImageError as e:
@@ -147,14 +150,8 @@ class _FileSink:
 
 
 def netboot_warnings(image: ServedImage) -> list[str]:
-    out = []
-    if image.size % NETBOOT_ALIGN:
-        out.append(f"{image.path}: image size {image.size} is not a multiple of "
-                   f"{NETBOOT_ALIGN} bytes: the OS client will fail to verify it")
-    if image.size < MIN_OFFER_SIZE or image.header.target_size < MIN_OFFER_SIZE:
-        out.append(f"{image.path}: the OS client ignores offers of images or ramdisks "
-                   "under 1 MiB")
-    return out
+    return [f"{image.path}: {note}"
+            for note in header_warnings(image.header, Warn.NETBOOT | Warn.OFFER)]
 
 
 class EventLog:

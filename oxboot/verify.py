@@ -19,7 +19,16 @@ from pathlib import Path
 from typing import Protocol
 
 from oxboot._native import Sha256
-from oxboot.format import HEADER_SIZE, Codec, Header, ImageError
+from oxboot.format import (
+    HEADER_SIZE,
+    Codec,
+    Header,
+    ImageError,
+    Warn,
+    check_header,
+    check_layout,
+    header_warnings,
+)
 from oxboot.fsutil import AtomicFile, describe_os_error
 from oxboot.pipeline import BufferPool, Inline, Worker, worker
 from oxboot.progress import Progress
@@ -34,6 +43,9 @@ RAW_BUFFERS = 3
 #: ahead on every core, queued for the hash. 1 GiB set, lookimage: 4 buffers
 #: 1.21-1.24 s, 6 1.16-1.22 s, 8 1.10-1.16 s (bench/notes.md).
 INFLATE_BUFFERS = 8
+#: The warnings for an image that is inspected or extracted: it is not
+#: being netbooted, so the network-boot client's rules are not in question.
+WARNINGS = Warn.FLAGS | Warn.ZSTD
 
 
 @dataclass
@@ -72,22 +84,6 @@ def read_header(path: str | os.PathLike[str]) -> Header:
             raise ImageError(describe_os_error(e, path)) from None
 
 
-def header_warnings(header: Header) -> list[str]:
-    out = []
-    if header.undefined_flags:
-        out.append(f"undefined flag bits {header.undefined_flags:#x} are ignored")
-    if header.codec is Codec.ZSTD:
-        out.append("zstd image (oxboot extension): the OS cannot boot it from disk")
-    return out
-
-
-def check_header(header: Header) -> None:
-    """Raise the first rule the header breaks (original's, then the OS's)."""
-    problems = header.problems()
-    if problems:
-        raise ImageError(problems[0])
-
-
 def verify_image(
     path: str | os.PathLike[str],
     *,
@@ -111,24 +107,7 @@ def verify_image(
                 header = Header.parse(f.read(HEADER_SIZE))
             check_header(header)
             if not skip_checksum or output is not None:
-                size = os.fstat(f.fileno()).st_size
-                have = size - HEADER_SIZE
-                if header.codec is Codec.NONE and have != header.data_size:
-                    # The original's words.
-                    raise ImageError(
-                        f"read {max(have, 0)} bytes of image, but header says there "
-                        f"should be {header.data_size}"
-                    )
-                if header.codec is not Codec.NONE and have < header.data_size:
-                    raise ImageError(
-                        f"file holds {max(have, 0)} bytes of data, but header says there "
-                        f"should be {header.data_size}"
-                    )
-                if header.codec is not Codec.NONE and have > header.data_size:
-                    raise ImageError(
-                        f"{have - header.data_size} stray bytes after the "
-                        f"{header.data_size} bytes of data"
-                    )
+                check_layout(header, os.fstat(f.fileno()).st_size)
                 f.seek(HEADER_SIZE)
                 _check_data(f, header, output, progress, threads)
         except OSError as e:
@@ -138,7 +117,7 @@ def verify_image(
         header=header,
         checked=not skip_checksum or output is not None,
         seconds=time.monotonic() - started,
-        warnings=header_warnings(header),
+        warnings=header_warnings(header, WARNINGS),
     )
 
 
