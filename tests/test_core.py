@@ -943,6 +943,39 @@ def test_serve_table_churn_keeps_every_entry_reachable() -> None:
 
 
 @pytest.mark.net
+def test_serve_table_churn_leaves_misses_cheap() -> None:
+    """A million sessions set and dropped, each for a sled never seen
+    before (spoofed HELLO and READ churn), around sessions that stay: a
+    lookup of an unknown sled (every READ from one) still looks at as few
+    entries as in a table that only ever held the staying sessions, not at
+    the whole table, and every staying session is still found."""
+    sessions = 4096  # the server's (receiver.FAST_SESSIONS)
+    staying = _macs(sessions // 2, 14)
+    unknown = [bytes([0x07]) + m[1:] for m in _macs(2000, 15)]  # _macs: never 0x07...
+
+    def table_of(macs: list[bytes]) -> object:
+        table = ffi.gc(lib.ox_serve_new(sessions), lib.ox_serve_free)
+        for m in macs:
+            assert lib.ox_serve_set(table, m, IMAGE_MAC, ffi.NULL, 0, 0) == 0
+        return table
+
+    churned, fresh = table_of(staying), table_of(staying)
+    serve_set, serve_drop, window = lib.ox_serve_set, lib.ox_serve_drop, 64
+    for i in range(1_000_000 + window):
+        if i < 1_000_000:  # 0x03...: no _macs sled either
+            assert serve_set(churned, b"\x03" + i.to_bytes(5, "big"), IMAGE_MAC, ffi.NULL,
+                             0, 0) == 0
+        if i >= window:
+            assert serve_drop(churned, b"\x03" + (i - window).to_bytes(5, "big")) == 1
+    probes = [lib.ox_serve_probes(churned, m) for m in unknown]
+    assert probes == [lib.ox_serve_probes(fresh, m) for m in unknown]
+    assert sum(probes) / len(probes) < 2 and max(probes) < 16, (sum(probes), max(probes))
+    info = ffi.new("ox_serve_info *")
+    assert all(lib.ox_serve_get(churned, m, info) == 1 for m in staying)
+    assert not any(lib.ox_serve_get(churned, m, info) for m in unknown)
+
+
+@pytest.mark.net
 def test_serve_returns_after_out_n_reads() -> None:
     s = Served(image_bytes(64 * 1024))
     try:
