@@ -129,7 +129,7 @@ typedef struct {
 ox_police *ox_police_new(double rate, double burst, unsigned sources);
 void ox_police_free(ox_police *p);
 size_t ox_police_flagged(ox_police *p, uint8_t *macs, size_t max);
-void ox_police_backlog_rule(ox_police *p, int on);
+void ox_police_flagging(ox_police *p, int on);
 int ox_set_blocklist(int fd, const uint8_t *macs, size_t n);
 int ox_receive_nothing(int fd);
 int ox_fanout_by_source(int fd, int group);

@@ -288,8 +288,9 @@ void ox_police_free(ox_police *p);
  * server has the kernel drop their frames, ox_set_blocklist).
  */
 size_t ox_police_flagged(ox_police *p, uint8_t *macs, size_t max);
-/* The overflow rule above is on by default; off, only the rate flags. */
-void ox_police_backlog_rule(ox_police *p, int on);
+/* Flagging (by either rule above) is on by default. Off, frames over the
+ * rate are still denied one by one, but no source is ever flagged. */
+void ox_police_flagging(ox_police *p, int on);
 
 /*
  * Attach a classic BPF filter to the packet socket fd that drops every

@@ -33,9 +33,11 @@ RX_DRAIN = 1 << 20  # frames read per drain at most: in effect, until the socket
 #: Each source's bucket holds this many frames (its rate is the server's --read-rate).
 READ_BURST = 512
 POLICED_SOURCES = 4096
-#: READs/s per source above which no source is ever taken for a flood: 128
-#: frames each, more than a 100 Gbit/s link carries (benchmarks use it to
-#: measure capacity with clients that never wait for their DATA).
+#: READs/s per source above which no source is ever taken for a flood (by
+#: either of the policer's rules, so never blocked): 128 frames each, more
+#: than a 100 Gbit/s link carries (benchmarks use it to measure capacity
+#: with clients that never wait for their DATA). Frames over the rate are
+#: still dropped one by one.
 UNLIMITED_READ_RATE = 100_000
 
 POLICE_FIELDS = ("frames", "accepted", "foreign", "policed", "flagged", "served")
@@ -61,9 +63,7 @@ class Receiver:
         if police == ffi.NULL:
             raise ImageError("cannot allocate the receive policer")
         self._police = ffi.gc(police, lib.ox_police_free)
-        # A source that fills the socket while the server cannot keep up is
-        # a flood only if there is a rate to exceed.
-        lib.ox_police_backlog_rule(police, read_rate <= UNLIMITED_READ_RATE)
+        lib.ox_police_flagging(police, read_rate <= UNLIMITED_READ_RATE)
         self._buf = ffi.new(f"uint8_t[{RX_KEEP * RX_SLOT}]")
         self._view = ffi.buffer(self._buf)
         self._lens = ffi.new(f"uint32_t[{RX_KEEP}]")

@@ -792,6 +792,47 @@ def test_police_flagged_list_is_bounded_and_kept_until_taken() -> None:
         b.close()
 
 
+class _SocketLink:
+    """What a Receiver asks of its RawLink, over a socket of a pair."""
+
+    ifname = "pair"
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+
+@pytest.mark.net
+@pytest.mark.parametrize("over", [False, True])
+def test_receiver_above_the_unlimited_rate_never_flags(over: bool) -> None:
+    """bootserver --read-rate above UNLIMITED_READ_RATE: no host is ever
+    blocked, as its help says. One source sends three bursts' worth at one
+    instant: at UNLIMITED_READ_RATE it is flagged (over its rate), above it
+    its frames over the rate are dropped but it is never flagged."""
+    from oxboot.receiver import READ_BURST, UNLIMITED_READ_RATE, Receiver
+
+    a, b = _unix_pair()
+    try:
+        rx = Receiver(_SocketLink(b), None, UNLIMITED_READ_RATE * (2 if over else 1),
+                      fast=False)  # type: ignore[arg-type]
+        stats = ffi.new("ox_police_stats *")
+        flood = _macs(1, 21)[0]
+        sent = 0
+        while sent < 3 * READ_BURST:  # in chunks that fit the socket's queue
+            for _ in range(128):
+                a.send(_proto_frame(flood))
+            sent += 128
+            _police(rx._police, b, 10**12, stats)
+        assert stats.accepted == READ_BURST and stats.policed == 2 * READ_BURST
+        assert stats.flagged == (0 if over else 1)
+        assert _flagged(rx._police) == ([] if over else [flood])
+    finally:
+        a.close()
+        b.close()
+
+
 # ---- READs of established sessions answered in C (ox_rx_serve) -----------------------
 
 
