@@ -38,6 +38,7 @@ from oxboot.privileges import drop_privileges
 from oxboot.progress import human
 from oxboot.protocol import (
     CHUNK,
+    DEFAULT_READ_RATE,
     SLOTS,
     BootServer,
     Ignored,
@@ -66,6 +67,11 @@ DEFAULT_WORKERS = 1
 #: Seconds the server polls its socket without sleeping after a frame (the
 #: faithful client's boot: ~400 -> ~490 MB/s here, BENCHMARKS.md).
 DEFAULT_BUSY_POLL = 0.001
+#: The protocol layer's READ meter against the C policer's rate (both per
+#: host): it only sees what the policer let through, and must not refuse a
+#: host the policer found within its rate (the policer reads its clock once
+#: per drain, the protocol layer once per frame).
+PROTOCOL_RATE_MARGIN = 1.25
 
 # A host the policer flags as flooding has its frames dropped by the kernel
 # for BLOCK_SECONDS, doubled for each repeat up to BLOCK_MAX_SECONDS: it then
@@ -211,7 +217,7 @@ class Server:
                  allow: Sequence[bytes] | None, *, once: bool = False,
                  hello_timeout: float | None = None, log: EventLog | None = None,
                  tx_method: str = "auto", scratch: str | None = None,
-                 read_rate: float = 8_000.0, workers: int | None = None,
+                 read_rate: float = DEFAULT_READ_RATE, workers: int | None = None,
                  user: str | None = None, busy_poll: float = DEFAULT_BUSY_POLL,
                  fast_path: bool = True,
                  on_ready: Callable[[Server], None] | None = None) -> None:
@@ -257,14 +263,14 @@ class Server:
         if user is not None:
             drop_privileges(user)
         # Two lines of defence against a flooding host: its frames are
-        # policed per source in C as they are drained from the socket (so
-        # the queue never overflows and costs others their frames), and the
-        # protocol layer meters READs and HELLOs per source again.
-        # 8000 frames/s per host: an OS client sends one READ per 128 KiB
-        # batch, so this is ~1 GB/s per sled before a single frame is policed.
+        # policed per source in C as they are drained from the socket, at
+        # `read_rate` (so the queue never overflows and costs others their
+        # frames), and the protocol layer meters READs and HELLOs per source
+        # again, PROTOCOL_RATE_MARGIN times looser.
         self.proto = BootServer([img.offer for img in self.images if img], self.macs,
                                 None if allow is None else list(allow),
-                                read_rate=read_rate * 1.25, read_burst=READ_BURST)
+                                read_rate=read_rate * PROTOCOL_RATE_MARGIN,
+                                read_burst=READ_BURST)
         # The protocol state and the I/O layer's bookkeeping are shared by
         # the receive threads: whoever handles a frame or a tick holds this.
         self._lock = threading.RLock()
