@@ -160,7 +160,7 @@ def _run(link: RawLink, want: bytes, timeout: float | None, save: str | None,
         # HELLO) when every slot is empty or time has passed, so ask it then:
         # at least every tick, and at once when the batch is complete. Its
         # slot scans are Python loops; the DATA in between is the C core's.
-        if busy[0] == 0 or now - last_poll >= TICK or state_changed(sess):
+        if busy[0] == 0 or now - last_poll >= TICK:
             last_poll = now
             for frame in sess.poll(now):
                 link.send(frame.pack())
@@ -256,11 +256,6 @@ def _run(link: RawLink, want: bytes, timeout: float | None, save: str | None,
         del ram_ptr
         ram.close()
     return result
-
-
-def state_changed(sess: ClientSession) -> bool:
-    """Outside the transfer, every wake-up goes through the session."""
-    return sess.state is not ClientState.TRANSFER
 
 
 def _feed(sess: ClientSession, buf: bytes, now: float, ram: mmap.mmap | None) -> None:

@@ -226,12 +226,14 @@ class Server:
         if not self.paths:
             raise ImageError("no image to serve")
         self.scratch = scratch
-        self.images: list[ServedImage | None] = []
+        loaded: list[ServedImage] = []
         for p in self.paths:
-            img = load_image(p, scratch)
+            img = load_image(p, scratch)  # raises if it cannot be served
             for note in netboot_warnings(img):
                 self.log.event("warning", note, message=note)
-            self.images.append(img)
+            loaded.append(img)
+        # None: an image that became unservable since (see _image_error).
+        self.images: list[ServedImage | None] = list(loaded)
         self.link = RawLink(link, [])
         self.macs = [image_mac(self.link.mac, i) for i in range(len(self.paths))]
         for mac in self.macs[1:]:
@@ -267,7 +269,7 @@ class Server:
         # `read_rate` (so the queue never overflows and costs others their
         # frames), and the protocol layer meters READs and HELLOs per source
         # again, PROTOCOL_RATE_MARGIN times looser.
-        self.proto = BootServer([img.offer for img in self.images if img], self.macs,
+        self.proto = BootServer([img.offer for img in loaded], self.macs,
                                 None if allow is None else list(allow),
                                 read_rate=read_rate * PROTOCOL_RATE_MARGIN,
                                 read_burst=READ_BURST)
@@ -298,8 +300,7 @@ class Server:
         self.log.event("transmit", f"DATA leaves by {', '.join(methods)} (worker by worker)"
                        + (f"; AF_XDP not used: {'; '.join(fallbacks)}" if fallbacks else ""),
                        methods=methods, fallbacks=fallbacks)
-        for i, img in enumerate(self.images):
-            assert img is not None
+        for i, img in enumerate(loaded):
             self.log.event("image", f"{img.path} ({human(img.size)}, sha256 "
                            f"{img.header.sha256.hex()[:16]}…) offered from "
                            f"{mac_str(self.macs[i])}", image=str(img.path), index=i,
