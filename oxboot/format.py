@@ -262,16 +262,18 @@ def check_header(header: Header) -> None:
         raise ImageError(problems[0])
 
 
-def check_layout(header: Header, file_size: int) -> None:
+def check_layout(header: Header, file_size: int, *, raw_tail: bool = False) -> None:
     """Raise if a file of `file_size` bytes does not hold exactly the
     ``data_size`` bytes of data `header` announces after its 4096 bytes.
 
-    A longer file is refused too (the original lookimage refuses it): the
-    OS never reads its tail, so those bytes are damage or another image.
+    A longer file is refused too, as the original lookimage refuses it,
+    unless `raw_tail` lets an uncompressed image have a tail: the boot
+    server reads ``data_size`` bytes of it and never serves the rest. After
+    a zlib or zstd stream, extra bytes are always refused.
     """
     have = file_size - HEADER_SIZE
     if header.codec is Codec.NONE:
-        if have != header.data_size:
+        if have < header.data_size or (have > header.data_size and not raw_tail):
             # The original's words.
             raise ImageError(
                 f"read {max(have, 0)} bytes of image, but header says there "

@@ -128,11 +128,13 @@ def load_image(path: str | os.PathLike[str], scratch: str | None = None) -> Serv
         header = Header.parse(f.read(HEADER_SIZE))
         check_header(header)
         try:
-            check_layout(header, st.st_size)
+            check_layout(header, st.st_size, raw_tail=True)
         except ImageError as e:
             raise ImageError(f"{path}: {e}") from None
         scratch = scratch or os.environ.get("OXBOOT_SCRATCH") or "/var/tmp"
         with tempfile.TemporaryFile(dir=scratch, prefix="oxboot-serve-") as tmp:
+            # Only image_size bytes are ever copied: a longer file's tail is
+            # never served.
             try:
                 copy_data(f, header, _FileSink(tmp.fileno()))
             except ImageError as e:

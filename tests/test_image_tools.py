@@ -1262,7 +1262,8 @@ def test_server_and_lookimage_share_the_layout_rule(images: dict[str, Path], tmp
                                                     codec: Codec, cut: int) -> None:
     """A file one byte short of, or one byte past, the data its header
     announces: the boot server refuses it in lookimage's words (one rule,
-    format.check_layout), whatever the codec."""
+    format.check_layout), whatever the codec; but it serves the data of an
+    uncompressed image with a tail (test_netboot.py: the tail never)."""
     from oxboot._native import HAS_NET
 
     if not HAS_NET:
@@ -1274,6 +1275,9 @@ def test_server_and_lookimage_share_the_layout_rule(images: dict[str, Path], tmp
     img.write_bytes(full[:cut] if cut < 0 else full + bytes(cut))
     with pytest.raises(ImageError) as looked:
         verify_image(img)
+    if codec is Codec.NONE and cut > 0:
+        assert load_image(img, str(tmp_path)).size == read_header(img).image_size
+        return
     with pytest.raises(ImageError) as served:
         load_image(img, str(tmp_path))
     assert str(served.value) == f"{img}: {looked.value}"
