@@ -19,7 +19,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from oxboot._native import ffi, lib
-from oxboot.format import ImageError
 from oxboot.fsutil import AtomicFile
 from oxboot.link import MAX_FRAME, RawLink
 from oxboot.protocol import (
@@ -278,4 +277,4 @@ def want_from_image(path: str) -> bytes:
     return read_header(path).sha256
 
 
-__all__ = ["NetbootResult", "netboot", "want_from_image", "ImageError"]
+__all__ = ["NetbootResult", "netboot", "want_from_image"]

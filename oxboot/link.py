@@ -16,6 +16,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from oxboot._native import ffi, lib
+from oxboot.errors import LinkError
 from oxboot.protocol import CHUNK, ETHERTYPE
 
 SOL_PACKET = 263
@@ -55,10 +56,6 @@ def af_xdp_unavailable() -> str | None:
     except OSError as e:
         return f"the kernel offers no AF_XDP sockets: {e.strerror}"
     return None
-
-
-class LinkError(OSError):
-    """The interface cannot be used (missing, down, no permission)."""
 
 
 def mac_str(mac: bytes) -> str:

@@ -21,7 +21,7 @@ import threading
 from dataclasses import dataclass
 
 from oxboot._native import ffi, lib
-from oxboot.format import ImageError
+from oxboot.errors import BootError
 from oxboot.link import MAX_BLOCKED, RawLink
 from oxboot.txworkers import TxWorker
 
@@ -61,7 +61,7 @@ class Receiver:
         self.tx = tx
         police = lib.ox_police_new(read_rate, float(READ_BURST), POLICED_SOURCES)
         if police == ffi.NULL:
-            raise ImageError("cannot allocate the receive policer")
+            raise BootError("cannot allocate the receive policer")
         self._police = ffi.gc(police, lib.ox_police_free)
         lib.ox_police_flagging(police, read_rate <= UNLIMITED_READ_RATE)
         self._buf = ffi.new(f"uint8_t[{RX_KEEP * RX_SLOT}]")
@@ -75,7 +75,7 @@ class Receiver:
         if fast:
             table = lib.ox_serve_new(FAST_SESSIONS)
             if table == ffi.NULL:
-                raise ImageError("cannot allocate the session table")
+                raise BootError("cannot allocate the session table")
             self._table = ffi.gc(table, lib.ox_serve_free)
             self._tx_fd, ring = tx.link.tx_ring()
             if ring != ffi.NULL:

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import TextIO
 
 from oxboot._native import ffi, lib
+from oxboot.errors import BootError
 from oxboot.format import (
     HEADER_SIZE,
     Header,
@@ -393,7 +394,7 @@ class Server:
             now = time.monotonic()
             if self.hello_timeout is not None and not self._got_hello and \
                     now - start > self.hello_timeout:
-                raise ImageError(f"no HELLO within {self.hello_timeout:g} seconds")
+                raise BootError(f"no HELLO within {self.hello_timeout:g} seconds")
             # Worker 0 runs here: while it has DATA to send, only peek at the
             # socket between jobs; otherwise wait in C, which answers the
             # READs of established sessions itself, until a frame for
@@ -657,7 +658,7 @@ class Server:
             self.log.event("error", f"transmit failed: {message}", message=message)
             self.errors += 1
             if self.once:
-                raise ImageError(f"transmit failed: {message}")
+                raise BootError(f"transmit failed: {message}")
         self.proto.expire(now)
         if any(until <= now for until in self.blocked.values()):
             self._apply_blocklist(now)

@@ -7,7 +7,8 @@ import sys
 from collections.abc import Sequence
 
 from oxboot.cli.common import Parser, UsageError, needs_network_core, run
-from oxboot.link import TX_METHODS, LinkError, parse_mac
+from oxboot.errors import LinkError
+from oxboot.link import TX_METHODS, parse_mac
 from oxboot.protocol import DEFAULT_READ_RATE
 from oxboot.receiver import UNLIMITED_READ_RATE
 from oxboot.server import DEFAULT_BUSY_POLL, EventLog, Server
