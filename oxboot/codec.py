@@ -579,6 +579,7 @@ class _Inflater:
         self.raw = not zlib_header
         self.adler = adler
         module = _deflate_module()
+        self.error: type[Exception] = module.error  # zlib-ng has its own
         if self.raw:
             self.d = module.decompressobj(-15, zdict=zdict) if zdict else \
                 module.decompressobj(-15)
@@ -604,12 +605,8 @@ class _Inflater:
                     if self.raw:
                         self.adler = zlib.adler32(out, self.adler)
                     yield out
-        except zlib.error as e:
+        except self.error as e:
             raise ImageError(f"corrupt deflate stream ({e})") from None
-        except Exception as e:  # zlib_ng raises its own error type
-            if type(e).__name__ == "error":
-                raise ImageError(f"corrupt deflate stream ({e})") from None
-            raise
         rest = d.unused_data + pending
         if self.raw:
             # The Adler-32 trailer is ours to check after a raw inflate.
