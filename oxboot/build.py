@@ -72,7 +72,7 @@ def _open_source(source: str | os.PathLike[str] | BinaryIO) -> tuple[BinaryIO, i
         if os.fspath(source) == "-":
             return sys.stdin.buffer, None, False
         try:
-            f = open(source, "rb", buffering=0)  # noqa: SIM115 - closed by the caller
+            f = open(source, "rb", buffering=0)  # closed by the caller
             st = os.fstat(f.fileno())
         except OSError as e:
             raise ImageError(f"cannot read {describe_os_error(e, source)}") from None

@@ -27,6 +27,7 @@ from collections import deque
 from collections.abc import Callable, Generator, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as futures_wait
+from types import ModuleType
 from typing import BinaryIO, Protocol
 
 from oxboot._native import ffi, lib
@@ -62,7 +63,7 @@ def default_threads() -> int:
         return os.cpu_count() or 1
 
 
-def _deflate_module():  # noqa: ANN202 - a module object
+def _deflate_module() -> ModuleType:
     # zlib-ng inflates about twice as fast as zlib; fall back to the
     # standard library where the wheel is not available.
     try:

@@ -121,7 +121,7 @@ def load_image(path: str | os.PathLike[str], scratch: str | None = None) -> Serv
     """
     path = Path(path)
     try:
-        f = open(path, "rb")  # noqa: SIM115 - closed below
+        f = open(path, "rb")  # closed below
     except OSError as e:
         raise ImageError(f"{path}: {e.strerror}") from None
     with f:
@@ -467,7 +467,7 @@ class Server:
                     next_tick = now + 1.0
                     with self._lock:
                         self._sync(rx, now)
-        except BaseException as e:  # noqa: BLE001 - handed to the main loop
+        except BaseException as e:  # handed to the main loop
             self._failure = e
             os.write(self._wake_w, b"x")
 

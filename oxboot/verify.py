@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import BinaryIO, Protocol
 
 from oxboot._native import Sha256
 from oxboot.format import (
@@ -68,9 +68,9 @@ class VerifyResult:
         }
 
 
-def _open(path: str | os.PathLike[str]):  # noqa: ANN202 - a binary file
+def _open(path: str | os.PathLike[str]) -> BinaryIO:
     try:
-        return open(path, "rb")  # noqa: SIM115 - closed by the caller
+        return open(path, "rb")  # closed by the caller
     except OSError as e:
         raise ImageError(describe_os_error(e, path)) from None
 
@@ -125,7 +125,7 @@ class Sink(Protocol):
     def write_all(self, data: bytes | bytearray | memoryview) -> None: ...
 
 
-def _check_data(f, header: Header, output: str | os.PathLike[str] | None,  # noqa: ANN001
+def _check_data(f: BinaryIO, header: Header, output: str | os.PathLike[str] | None,
                 progress: bool | None, threads: int | None) -> None:
     out = AtomicFile(output) if output is not None else None
     try:
@@ -137,7 +137,7 @@ def _check_data(f, header: Header, output: str | os.PathLike[str] | None,  # noq
             out.__exit__(None, None, None)
 
 
-def copy_data(f, header: Header, out: Sink | None,  # noqa: ANN001
+def copy_data(f: BinaryIO, header: Header, out: Sink | None,
               progress: bool | None = None, threads: int | None = None) -> None:
     """Read the data region once from `f` (positioned after the header),
     decode it, check its size and SHA-256 against `header`, and hand the raw
@@ -180,7 +180,7 @@ def _consumer(hasher: Sha256, out: Sink | None,
     return consume
 
 
-def _stored(f, size: int, hasher: Sha256, out: Sink | None,  # noqa: ANN001
+def _stored(f: BinaryIO, size: int, hasher: Sha256, out: Sink | None,
             meter: Progress, threads: int | None) -> int:
     """Uncompressed data: read here into a few large buffers, hash (and
     write) on a worker thread, so the kernel's copy out of the page cache
@@ -211,7 +211,7 @@ def _stored(f, size: int, hasher: Sha256, out: Sink | None,  # noqa: ANN001
     return size - left
 
 
-def _decoded(f, header: Header, hasher: Sha256, out: Sink | None,  # noqa: ANN001
+def _decoded(f: BinaryIO, header: Header, hasher: Sha256, out: Sink | None,
              meter: Progress, threads: int | None) -> int:
     """Compressed data: inflate here (zlib pieces also ahead, on every core;
     the GIL released), hash and write on a worker thread, so they overlap."""

@@ -60,7 +60,7 @@ class CBuf:
             self.buf[:] = fill
 
     @property
-    def buf(self):  # noqa: ANN201 - a cffi buffer
+    def buf(self):  # a cffi buffer
         return ffi.buffer(self.ptr, self.size)
 
     def bytes(self) -> bytes:
@@ -153,7 +153,7 @@ def test_sha256_of_non_byte_memoryview() -> None:
 
 
 @pytest.mark.parametrize("size", [1, 55, 56, 64, 4096 + 3, (1 << 20) + 1])
-def test_sha256_of_mmap(tmp_path, size: int) -> None:  # noqa: ANN001
+def test_sha256_of_mmap(tmp_path, size: int) -> None:
     data = image_bytes(size)
     path = tmp_path / "f"
     path.write_bytes(data)
@@ -504,7 +504,7 @@ class Receiver(threading.Thread):
         try:
             while len(self.frames) < self.count:
                 self.frames.append(self.sock.recv(4096))
-        except BaseException as e:  # noqa: BLE001 - reported by the test
+        except BaseException as e:  # reported by the test
             self.error = e
 
 
@@ -890,7 +890,7 @@ class Served:
 
 
 @pytest.fixture
-def served():  # noqa: ANN201
+def served():
     image = image_bytes(10 * 1024 + 7)
     s = Served(image)
     yield s, image
@@ -898,7 +898,7 @@ def served():  # noqa: ANN201
 
 
 @pytest.mark.net
-def test_serve_answers_reads_of_its_sessions(served) -> None:  # noqa: ANN001
+def test_serve_answers_reads_of_its_sessions(served) -> None:
     s, image = served
     sled = bytes.fromhex("020000000001")
     assert s.add(sled) == 0
@@ -922,7 +922,7 @@ def test_serve_answers_reads_of_its_sessions(served) -> None:  # noqa: ANN001
 
 
 @pytest.mark.net
-def test_serve_hands_back_what_is_not_its_own(served) -> None:  # noqa: ANN001
+def test_serve_hands_back_what_is_not_its_own(served) -> None:
     s, image = served
     sled, stranger = bytes.fromhex("020000000001"), bytes.fromhex("020000000002")
     assert s.add(sled) == 0

@@ -210,7 +210,7 @@ class InflateLog:
         self.calls: list[tuple[str, bool, bool]] = []
         real = codec._PieceInflater.__call__
 
-        def logged(inflater, zdict, data, final, out):  # noqa: ANN001, ANN202
+        def logged(inflater, zdict, data, final, out):
             n, used = real(inflater, zdict, data, final, out)
             self.calls.append((threading.current_thread().name.split("_")[0], bool(zdict),
                                n >= 0))
