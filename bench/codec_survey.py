@@ -44,7 +44,7 @@ import zlib_ng
 import zlib_ng.zlib_ng as zlib_ng_zlib
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from dataset import ensure_dataset  # noqa: E402
+from dataset import ensure_dataset
 
 WINDOW = 32 * 1024
 KIB = 1024

@@ -136,7 +136,7 @@ def script(name: str) -> list[str]:
 
 
 @pytest.fixture
-def lab():  # noqa: ANN201 - a generator fixture
+def lab():  # a generator fixture
     """Namespaces and links for one benchmark, removed afterwards."""
     from oxboot.netlab import Lab
 

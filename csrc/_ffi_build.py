@@ -129,7 +129,7 @@ typedef struct {
 ox_police *ox_police_new(double rate, double burst, unsigned sources);
 void ox_police_free(ox_police *p);
 size_t ox_police_flagged(ox_police *p, uint8_t *macs, size_t max);
-void ox_police_backlog_rule(ox_police *p, int on);
+void ox_police_flagging(ox_police *p, int on);
 int ox_set_blocklist(int fd, const uint8_t *macs, size_t n);
 int ox_receive_nothing(int fd);
 int ox_fanout_by_source(int fd, int group);
@@ -158,6 +158,7 @@ int ox_serve_set(ox_serve *s, const uint8_t *sled, const uint8_t *image_mac,
                  const uint8_t *image, uint64_t image_size, uint64_t high);
 int ox_serve_drop(ox_serve *s, const uint8_t *sled);
 int ox_serve_get(ox_serve *s, const uint8_t *sled, ox_serve_info *info);
+size_t ox_serve_probes(ox_serve *s, const uint8_t *sled);
 void ox_serve_totals_get(ox_serve *s, ox_serve_totals *out);
 long ox_rx_serve(int fd, ox_police *p, ox_serve *s, int tx_fd, uint64_t now_ns, uint8_t *out,
                  size_t slot_size, uint32_t *lens, size_t out_n, size_t max_frames,

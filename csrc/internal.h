@@ -94,15 +94,14 @@ int ox_yield_contended(void);
  * Open addressing over a power-of-two number of fixed-size entries, each
  * beginning with an ox_mac_key, for the policer's buckets (a bounded probe
  * that evicts the stalest entry when full, csrc/police.c) and the served
- * sessions (a full probe with tombstones, csrc/serve.c).
+ * sessions (a full probe, entries removed by backward shift, csrc/serve.c).
  */
 #define OX_MAC_FREE 0
 #define OX_MAC_LIVE 1
-#define OX_MAC_GONE 2 /* deleted: a tombstone, probing goes on past it */
 
 typedef struct {
     uint8_t mac[6];
-    uint8_t used; /* OX_MAC_FREE, OX_MAC_LIVE or OX_MAC_GONE */
+    uint8_t used; /* OX_MAC_FREE or OX_MAC_LIVE */
 } ox_mac_key;
 
 typedef struct {
@@ -128,11 +127,18 @@ size_t ox_mac_home(const ox_mactable *t, const uint8_t *mac);
 /*
  * Look `mac` up, probing at most `limit` entries from its home and stopping
  * at a free one: its live entry, or NULL. On NULL, *slot (if not NULL) gets
- * where it would go: the first tombstone seen, else the free entry that
- * ended the probe, else NULL (all `limit` entries live).
+ * where it would go: the free entry that ended the probe, else NULL (all
+ * `limit` entries live).
  */
 ox_mac_key *ox_mactable_find(const ox_mactable *t, const uint8_t *mac, size_t limit,
                              ox_mac_key **slot);
+
+/* Free the live entry `e` (from ox_mactable_find), moving later entries of
+ * its probe run back into the gap: pointers to entries are invalid after. */
+void ox_mactable_remove(ox_mactable *t, ox_mac_key *e);
+
+/* Entries an unbounded ox_mactable_find of `mac` looks at. */
+size_t ox_mactable_probes(const ox_mactable *t, const uint8_t *mac);
 
 /* ---- Linux network core ------------------------------------------------- */
 

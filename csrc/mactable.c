@@ -39,24 +39,58 @@ ox_mac_key *ox_mactable_find(const ox_mactable *t, const uint8_t *mac, size_t li
                              ox_mac_key **slot)
 {
     size_t i = ox_mac_home(t, mac);
-    ox_mac_key *reuse = NULL; /* the first tombstone seen */
     if (limit > t->mask + 1)
         limit = t->mask + 1;
     for (size_t k = 0; k < limit; k++) {
         ox_mac_key *e = ox_mactable_at(t, i + k);
         if (e->used == OX_MAC_FREE) {
             if (slot != NULL)
-                *slot = reuse != NULL ? reuse : e;
+                *slot = e;
             return NULL;
         }
-        if (e->used == OX_MAC_GONE) {
-            if (reuse == NULL)
-                reuse = e;
-        } else if (memcmp(e->mac, mac, 6) == 0) {
+        if (memcmp(e->mac, mac, 6) == 0)
             return e;
-        }
     }
     if (slot != NULL)
-        *slot = reuse;
+        *slot = NULL;
     return NULL;
+}
+
+/*
+ * Backward-shift deletion: every entry after `e` in its run that may move
+ * back (its home is not between the hole and itself) fills the hole, until
+ * a free entry ends the run. No tombstones, so the table is left as if the
+ * removed MAC had never been added: however many distinct MACs come and go
+ * (spoofed sources churning sessions), a miss still stops at the first
+ * free entry, a few entries from its home.
+ */
+void ox_mactable_remove(ox_mactable *t, ox_mac_key *e)
+{
+    size_t hole = (size_t)((uint8_t *)e - t->slots) / t->stride;
+    size_t j = hole;
+    for (size_t k = 0; k < t->mask; k++) {
+        j = (j + 1) & t->mask;
+        ox_mac_key *next = ox_mactable_at(t, j);
+        if (next->used == OX_MAC_FREE)
+            break;
+        /* Distances (mod the table size) back from j to next's home and to
+         * the hole: a home after the hole means next must stay put. */
+        size_t from_home = (j - ox_mac_home(t, next->mac)) & t->mask;
+        if (from_home < ((j - hole) & t->mask))
+            continue;
+        memcpy(ox_mactable_at(t, hole), next, t->stride);
+        hole = j;
+    }
+    memset(ox_mactable_at(t, hole), 0, t->stride);
+}
+
+size_t ox_mactable_probes(const ox_mactable *t, const uint8_t *mac)
+{
+    size_t i = ox_mac_home(t, mac);
+    for (size_t k = 0; k <= t->mask; k++) {
+        const ox_mac_key *e = ox_mactable_at(t, i + k);
+        if (e->used == OX_MAC_FREE || memcmp(e->mac, mac, 6) == 0)
+            return k + 1;
+    }
+    return t->mask + 1;
 }

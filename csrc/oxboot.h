@@ -288,8 +288,9 @@ void ox_police_free(ox_police *p);
  * server has the kernel drop their frames, ox_set_blocklist).
  */
 size_t ox_police_flagged(ox_police *p, uint8_t *macs, size_t max);
-/* The overflow rule above is on by default; off, only the rate flags. */
-void ox_police_backlog_rule(ox_police *p, int on);
+/* Flagging (by either rule above) is on by default. Off, frames over the
+ * rate are still denied one by one, but no source is ever flagged. */
+void ox_police_flagging(ox_police *p, int on);
 
 /*
  * Attach a classic BPF filter to the packet socket fd that drops every
@@ -377,6 +378,10 @@ int ox_serve_set(ox_serve *s, const uint8_t *sled, const uint8_t *image_mac,
 /* 1 if it was there, 0 if not, -1 on a bad argument. */
 int ox_serve_drop(ox_serve *s, const uint8_t *sled);
 int ox_serve_get(ox_serve *s, const uint8_t *sled, ox_serve_info *info);
+/* Entries a lookup of `sled` looks at, found or not (1 when its home entry
+ * settles it): what every READ costs the receive loop, for tests and
+ * diagnosis. 0 on a bad argument. */
+size_t ox_serve_probes(ox_serve *s, const uint8_t *sled);
 void ox_serve_totals_get(ox_serve *s, ox_serve_totals *out);
 /* ox_rx_police that also answers READs of the sessions in s (NULL: none);
  * a READ answered counts against out_n like a frame kept, so that a stream

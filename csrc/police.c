@@ -32,7 +32,7 @@ struct ox_police {
     uint64_t flagged_total;
     uint64_t calls;
     struct police_entry *top; /* the source with the most frames in this call */
-    int backlog_rule;
+    int flagging; /* 0: no source is ever flagged, by either rule */
 };
 
 /* Buckets looked at for a source: when all are taken, the stalest goes. */
@@ -53,7 +53,7 @@ ox_police *ox_police_new(double rate, double burst, unsigned sources)
     p->rate = rate / 1e9;
     p->burst = burst;
     p->strike = (uint64_t)(2.0 * burst);
-    p->backlog_rule = 1;
+    p->flagging = 1;
     return p;
 }
 
@@ -67,6 +67,8 @@ void ox_police_free(ox_police *p)
 
 static void police_flag(ox_police *p, struct police_entry *e, uint64_t now)
 {
+    if (!p->flagging)
+        return;
     if (e->flagged != 0 && now - e->flagged < OX_NS_PER_S)
         return; /* once a second at most */
     e->flagged = now ? now : 1;
@@ -87,10 +89,10 @@ static void police_deny(ox_police *p, struct police_entry *e, uint64_t now)
         police_flag(p, e, now);
 }
 
-void ox_police_backlog_rule(ox_police *p, int on)
+void ox_police_flagging(ox_police *p, int on)
 {
     if (p != NULL)
-        p->backlog_rule = on != 0;
+        p->flagging = on != 0;
 }
 
 size_t ox_police_flagged(ox_police *p, uint8_t *macs, size_t max)
@@ -192,7 +194,7 @@ static void police_backlog(int fd, ox_police *p, uint64_t ours, uint64_t now,
         return;
     stats->sock_packets += st.tp_packets;
     stats->sock_drops += st.tp_drops;
-    if (!p->backlog_rule || st.tp_drops == 0 || top == NULL || ours < BACKLOG_MIN_FRAMES ||
+    if (st.tp_drops == 0 || top == NULL || ours < BACKLOG_MIN_FRAMES ||
         top->call != p->calls || top->in_call * 2 <= ours)
         return;
     police_flag(p, top, now);

@@ -14,7 +14,7 @@
 #include <sys/uio.h>
 
 struct serve_entry {
-    ox_mac_key key; /* first: the sled (csrc/mactable.c); dropped ones leave tombstones */
+    ox_mac_key key; /* first: the sled (csrc/mactable.c) */
     uint8_t image_mac[6];
     const uint8_t *image;
     uint64_t image_size;
@@ -109,9 +109,7 @@ int ox_serve_drop(ox_serve *s, const uint8_t *sled)
     e = serve_find(s, sled, NULL);
     if (e == NULL)
         return 0;
-    /* A tombstone keeps later entries of the same probe run reachable. */
-    memset(e, 0, sizeof(*e));
-    e->key.used = OX_MAC_GONE;
+    ox_mactable_remove(&s->sessions, &e->key);
     s->live--;
     return 1;
 }
@@ -126,6 +124,13 @@ int ox_serve_get(ox_serve *s, const uint8_t *sled, ox_serve_info *info)
         return 0;
     *info = e->info;
     return 1;
+}
+
+size_t ox_serve_probes(ox_serve *s, const uint8_t *sled)
+{
+    if (s == NULL || sled == NULL)
+        return 0;
+    return ox_mactable_probes(&s->sessions, sled);
 }
 
 void ox_serve_totals_get(ox_serve *s, ox_serve_totals *out)

@@ -24,12 +24,13 @@ from oxboot.format import (
     HEADER_SIZE,
     MAX_IMAGE_SIZE,
     MIN_IMAGE_SIZE,
-    NETBOOT_ALIGN,
     Codec,
     Flags,
     Header,
     ImageError,
+    Warn,
     _encode_name,
+    header_warnings,
     netboot_padding,
 )
 from oxboot.fsutil import AtomicFile, describe_os_error
@@ -65,22 +66,13 @@ class BuildResult:
         }
 
 
-def netboot_warning(image_size: int) -> str | None:
-    if image_size % NETBOOT_ALIGN == 0:
-        return None
-    return (
-        f"image size {image_size} is not a multiple of {NETBOOT_ALIGN} bytes: the OS "
-        "network-boot client will fail to verify it (--pad-netboot pads it)"
-    )
-
-
 def _open_source(source: str | os.PathLike[str] | BinaryIO) -> tuple[BinaryIO, int | None, bool]:
     """(file, size if known in advance, whether we own the file)."""
     if isinstance(source, str | os.PathLike):
         if os.fspath(source) == "-":
             return sys.stdin.buffer, None, False
         try:
-            f = open(source, "rb", buffering=0)  # noqa: SIM115 - closed by the caller
+            f = open(source, "rb", buffering=0)  # closed by the caller
             st = os.fstat(f.fileno())
         except OSError as e:
             raise ImageError(f"cannot read {describe_os_error(e, source)}") from None
@@ -258,17 +250,12 @@ def _write_image(
         warnings.append("data does not compress; stored uncompressed")
         written = _restore_raw(out, codec, written, image_size)
         stored = Codec.NONE
-    if (note := netboot_warning(image_size)) is not None:
-        warnings.append(note)
-    if stored is Codec.ZSTD:
-        warnings.append(
-            "zstd images are an oxboot extension: the OS cannot boot them from disk; "
-            "only an oxboot boot server can serve them"
-        )
     header = Header(
         image_size=image_size, sha256=hasher.digest(), target_size=target_size,
         data_size=written, flags=_FLAGS[stored], dataset=dataset, image_name=image_name,
     )
+    # Not the 1 MiB minimum of a netboot: small images are fine on disk.
+    warnings += header_warnings(header, Warn.NETBOOT | Warn.ZSTD)
     out.write_all(header.pack(), 0)
     return header, stored
 

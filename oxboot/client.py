@@ -19,7 +19,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from oxboot._native import ffi, lib
-from oxboot.format import ImageError
 from oxboot.fsutil import AtomicFile
 from oxboot.link import MAX_FRAME, RawLink
 from oxboot.protocol import (
@@ -160,7 +159,7 @@ def _run(link: RawLink, want: bytes, timeout: float | None, save: str | None,
         # HELLO) when every slot is empty or time has passed, so ask it then:
         # at least every tick, and at once when the batch is complete. Its
         # slot scans are Python loops; the DATA in between is the C core's.
-        if busy[0] == 0 or now - last_poll >= TICK or state_changed(sess):
+        if busy[0] == 0 or now - last_poll >= TICK:
             last_poll = now
             for frame in sess.poll(now):
                 link.send(frame.pack())
@@ -258,11 +257,6 @@ def _run(link: RawLink, want: bytes, timeout: float | None, save: str | None,
     return result
 
 
-def state_changed(sess: ClientSession) -> bool:
-    """Outside the transfer, every wake-up goes through the session."""
-    return sess.state is not ClientState.TRANSFER
-
-
 def _feed(sess: ClientSession, buf: bytes, now: float, ram: mmap.mmap | None) -> None:
     try:
         frame = parse_frame(buf)
@@ -283,4 +277,4 @@ def want_from_image(path: str) -> bytes:
     return read_header(path).sha256
 
 
-__all__ = ["NetbootResult", "netboot", "want_from_image", "ImageError"]
+__all__ = ["NetbootResult", "netboot", "want_from_image"]

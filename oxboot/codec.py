@@ -27,6 +27,7 @@ from collections import deque
 from collections.abc import Callable, Generator, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as futures_wait
+from types import ModuleType
 from typing import BinaryIO, Protocol
 
 from oxboot._native import ffi, lib
@@ -62,7 +63,7 @@ def default_threads() -> int:
         return os.cpu_count() or 1
 
 
-def _deflate_module():  # noqa: ANN202 - a module object
+def _deflate_module() -> ModuleType:
     # zlib-ng inflates about twice as fast as zlib; fall back to the
     # standard library where the wheel is not available.
     try:
@@ -579,6 +580,7 @@ class _Inflater:
         self.raw = not zlib_header
         self.adler = adler
         module = _deflate_module()
+        self.error: type[Exception] = module.error  # zlib-ng has its own
         if self.raw:
             self.d = module.decompressobj(-15, zdict=zdict) if zdict else \
                 module.decompressobj(-15)
@@ -604,12 +606,8 @@ class _Inflater:
                     if self.raw:
                         self.adler = zlib.adler32(out, self.adler)
                     yield out
-        except zlib.error as e:
+        except self.error as e:
             raise ImageError(f"corrupt deflate stream ({e})") from None
-        except Exception as e:  # zlib_ng raises its own error type
-            if type(e).__name__ == "error":
-                raise ImageError(f"corrupt deflate stream ({e})") from None
-            raise
         rest = d.unused_data + pending
         if self.raw:
             # The Adler-32 trailer is ours to check after a raw inflate.

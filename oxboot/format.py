@@ -24,6 +24,8 @@ DEFAULT_TARGET_SIZE = 4 * GIB
 #: The OS network-boot client hashes a multiple of this many bytes (128
 #: slots of 1 KiB), so only images of such a size verify after a netboot.
 NETBOOT_ALIGN = 128 * 1024
+#: ... and ignores OFFERs of images or ramdisks smaller than this.
+MIN_OFFER_SIZE = 1 * MIB
 
 # v2: magic, version, flags, data_size, image_size, target_size, sha256,
 # dataset, image_name; the rest of the 4096 bytes is zero.
@@ -251,6 +253,77 @@ class Header:
             "dataset": self.dataset,
             "image_name": self.image_name,
         }
+
+
+def check_header(header: Header) -> None:
+    """Raise the first rule the header breaks (original's, then the OS's)."""
+    problems = header.problems()
+    if problems:
+        raise ImageError(problems[0])
+
+
+def check_layout(header: Header, file_size: int, *, raw_tail: bool = False) -> None:
+    """Raise if a file of `file_size` bytes does not hold exactly the
+    ``data_size`` bytes of data `header` announces after its 4096 bytes.
+
+    A longer file is refused too, as the original lookimage refuses it,
+    unless `raw_tail` lets an uncompressed image have a tail: the boot
+    server reads ``data_size`` bytes of it and never serves the rest. After
+    a zlib or zstd stream, extra bytes are always refused.
+    """
+    have = file_size - HEADER_SIZE
+    if header.codec is Codec.NONE:
+        if have < header.data_size or (have > header.data_size and not raw_tail):
+            # The original's words.
+            raise ImageError(
+                f"read {max(have, 0)} bytes of image, but header says there "
+                f"should be {header.data_size}"
+            )
+    elif have < header.data_size:
+        raise ImageError(
+            f"file holds {max(have, 0)} bytes of data, but header says there "
+            f"should be {header.data_size}"
+        )
+    elif have > header.data_size:
+        raise ImageError(
+            f"{have - header.data_size} stray bytes after the "
+            f"{header.data_size} bytes of data"
+        )
+
+
+class Warn(enum.Flag):
+    """What :func:`header_warnings` looks at: each caller asks for the
+    warnings that matter for what it does with the image."""
+
+    #: Flag bits no reader gives a meaning to (they are ignored).
+    FLAGS = enum.auto()
+    #: The OS network-boot client's size rules.
+    NETBOOT = enum.auto()
+    #: ... including its 1 MiB minimum (which mkimage does not insist on:
+    #: small images are fine on disk).
+    OFFER = enum.auto()
+    #: zstd data: an oxboot extension the OS cannot boot from disk.
+    ZSTD = enum.auto()
+
+
+def header_warnings(header: Header, checks: Warn) -> list[str]:
+    """What is legal in `header` but will not do what its user may expect,
+    for the `checks` asked for, one line each."""
+    out = []
+    if Warn.FLAGS in checks and header.undefined_flags:
+        out.append(f"undefined flag bits {header.undefined_flags:#x} are ignored")
+    if Warn.NETBOOT in checks and header.image_size % NETBOOT_ALIGN:
+        out.append(
+            f"image size {header.image_size} is not a multiple of {NETBOOT_ALIGN} bytes: the "
+            "OS network-boot client will fail to verify it (mkimage --pad-netboot pads it)"
+        )
+    if Warn.OFFER in checks and min(header.image_size, header.target_size) < MIN_OFFER_SIZE:
+        out.append("the OS network-boot client ignores offers of images or ramdisks "
+                   "under 1 MiB")
+    if Warn.ZSTD in checks and header.codec is Codec.ZSTD:
+        out.append("zstd images are an oxboot extension: the OS cannot boot them from disk; "
+                   "only an oxboot boot server can serve them")
+    return out
 
 
 def netboot_padding(image_size: int) -> int:

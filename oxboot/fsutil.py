@@ -122,9 +122,3 @@ class AtomicFile:
             pass
         self._done = True
 
-
-def write_atomic(path: str | os.PathLike[str], data: bytes) -> None:
-    """Write a small file atomically."""
-    with AtomicFile(path) as f:
-        f.write_all(data)
-        f.commit()

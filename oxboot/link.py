@@ -12,10 +12,12 @@ import errno
 import os
 import socket
 import struct
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from oxboot._native import ffi, lib
+from oxboot.errors import LinkError
 from oxboot.protocol import CHUNK, ETHERTYPE
 
 SOL_PACKET = 263
@@ -43,6 +45,11 @@ TX_METHODS = ("auto", "xdp", "sendmmsg", "ring", "send")
 RING_FRAMES = 512
 XSK_FRAMES = 1024  # UMEM chunks of an AF_XDP socket (a power of two)
 MAX_BLOCKED: int = lib.OX_MAX_BLOCKED  # sources one socket filter can drop
+#: RawLink.send's waits while the device queue is full: the first and the
+#: longest, doubling in between (a queue drains in microseconds to
+#: milliseconds), and how long before it takes the link for broken.
+SEND_BACKOFF = (50e-6, 5e-3)
+SEND_PATIENCE = 5.0
 
 
 AF_XDP = 44  # socket family (Linux); the socket module does not name it
@@ -55,10 +62,6 @@ def af_xdp_unavailable() -> str | None:
     except OSError as e:
         return f"the kernel offers no AF_XDP sockets: {e.strerror}"
     return None
-
-
-class LinkError(OSError):
-    """The interface cannot be used (missing, down, no permission)."""
 
 
 def mac_str(mac: bytes) -> str:
@@ -277,17 +280,27 @@ class RawLink:
         self.close()
 
     def send(self, frame: bytes) -> None:
-        """Send one frame, waiting while the socket buffer is full."""
+        """Send one frame. The socket blocks while its buffer is full; while
+        the device's queue is (ENOBUFS, or EAGAIN), wait and try again,
+        backing off, for up to SEND_PATIENCE seconds: then LinkError."""
+        delay, deadline = SEND_BACKOFF[0], 0.0
         while True:
             try:
                 self.sock.send(frame)
                 return
-            except (BlockingIOError, InterruptedError):
-                continue
             except OSError as e:
-                if e.errno == errno.ENOBUFS:
-                    continue
-                raise
+                if e.errno not in (errno.ENOBUFS, errno.EAGAIN):
+                    raise
+                # POLLOUT would not tell: it reports room in the socket's
+                # buffer, not in the device's queue.
+                now = time.monotonic()
+                if not deadline:
+                    deadline = now + SEND_PATIENCE
+                elif now >= deadline:
+                    raise LinkError(e.errno, f"{self.ifname}: cannot send: {e.strerror} "
+                                    f"for {SEND_PATIENCE:g} s") from None
+                time.sleep(delay)
+                delay = min(2 * delay, SEND_BACKOFF[1])
 
     def recv_pending(self, limit: int = 256) -> Iterator[bytes]:
         """Every frame already queued on the socket (at most `limit`)."""

@@ -13,7 +13,7 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -87,7 +87,7 @@ class Lab:
         return hosts
 
     def start(self, host: Host, argv: Sequence[str], log: Path) -> subprocess.Popen[bytes]:
-        f = open(log, "wb")  # noqa: SIM115 - kept open for the process
+        f = open(log, "wb")  # kept open for the process
         p = subprocess.Popen(host.cmd(argv), stdout=f, stderr=subprocess.STDOUT,
                              start_new_session=True)
         f.close()
@@ -121,7 +121,7 @@ class Lab:
         self.namespaces.clear()
 
 
-def wait_for(predicate, timeout: float, what: str) -> None:  # noqa: ANN001
+def wait_for(predicate: Callable[[], object], timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if predicate():

@@ -38,7 +38,7 @@ class Worker(Generic[T]):
             if self._error is None:
                 try:
                     self._fn(item)  # type: ignore[arg-type]
-                except BaseException as e:  # noqa: BLE001 - handed to the caller
+                except BaseException as e:  # handed to the caller
                     self._error = e
 
     def check(self) -> None:

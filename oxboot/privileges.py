@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import pwd
 
-from oxboot.format import ImageError
+from oxboot.errors import BootError
 
 
 def drop_privileges(user: str) -> None:
@@ -19,13 +19,13 @@ def drop_privileges(user: str) -> None:
     try:
         entry = pwd.getpwnam(user) if not user.isdigit() else pwd.getpwuid(int(user))
     except KeyError:
-        raise ImageError(f"no such user: {user}") from None
+        raise BootError(f"no such user: {user}") from None
     if os.geteuid() != 0:
         if os.geteuid() == entry.pw_uid:
             return
-        raise ImageError(f"--user {user} needs the server to start as root")
+        raise BootError(f"--user {user} needs the server to start as root")
     os.setgroups([])
     os.setgid(entry.pw_gid)
     os.setuid(entry.pw_uid)
     if os.geteuid() == 0 or os.getuid() == 0:  # pragma: no cover - kernel guarantees
-        raise ImageError("could not drop root privileges")
+        raise BootError("could not drop root privileges")

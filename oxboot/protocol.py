@@ -25,6 +25,7 @@ from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 from oxboot._native import Sha256
+from oxboot.format import MIN_OFFER_SIZE
 
 __all__ = [
     "ACTIVE_WINDOW",
@@ -32,6 +33,7 @@ __all__ = [
     "CHUNK",
     "DATASET_LEN",
     "DATA_HDR_LEN",
+    "DEFAULT_READ_RATE",
     "ETHERTYPE",
     "ETH_HLEN",
     "HDR_LEN",
@@ -111,8 +113,11 @@ NETBOOT_ALIGN = SLOTS * CHUNK  # 131072: the OS hashes up to a batch boundary
 HELLO_TEXT = b"Hello!  I'd like to buy a ramdisk please."
 HELLO_INTERVAL = 4.0
 RETRANSMIT_AFTER = 1.0
-MIN_OFFER_SIZE = 1 << 20
 DATA_HDR_LEN = ETH_HLEN + HDR_LEN + 8  # 34
+#: Frames per second one host may send a server by default (bootserver
+#: --read-rate): an OS client sends one READ per 128 KiB batch, so this is
+#: ~1 GB/s per sled before a single frame of it is refused.
+DEFAULT_READ_RATE = 8000.0
 
 _U64_MAX = (1 << 64) - 1
 _PAGE_SIZE = 4096  # the OS rounds the ramdisk up to whole pages
@@ -508,7 +513,7 @@ class BootServer:
         server_macs: Sequence[bytes],
         allow: Collection[bytes] | None,
         *,
-        read_rate: float = 4000.0,
+        read_rate: float = DEFAULT_READ_RATE,
         read_burst: int = 256,
         max_sessions: int = 1024,
         idle_timeout: float = 60.0,

@@ -21,7 +21,7 @@ import threading
 from dataclasses import dataclass
 
 from oxboot._native import ffi, lib
-from oxboot.format import ImageError
+from oxboot.errors import BootError
 from oxboot.link import MAX_BLOCKED, RawLink
 from oxboot.txworkers import TxWorker
 
@@ -33,9 +33,11 @@ RX_DRAIN = 1 << 20  # frames read per drain at most: in effect, until the socket
 #: Each source's bucket holds this many frames (its rate is the server's --read-rate).
 READ_BURST = 512
 POLICED_SOURCES = 4096
-#: READs/s per source above which no source is ever taken for a flood: 128
-#: frames each, more than a 100 Gbit/s link carries (benchmarks use it to
-#: measure capacity with clients that never wait for their DATA).
+#: READs/s per source above which no source is ever taken for a flood (by
+#: either of the policer's rules, so never blocked): 128 frames each, more
+#: than a 100 Gbit/s link carries (benchmarks use it to measure capacity
+#: with clients that never wait for their DATA). Frames over the rate are
+#: still dropped one by one.
 UNLIMITED_READ_RATE = 100_000
 
 POLICE_FIELDS = ("frames", "accepted", "foreign", "policed", "flagged", "served")
@@ -59,11 +61,9 @@ class Receiver:
         self.tx = tx
         police = lib.ox_police_new(read_rate, float(READ_BURST), POLICED_SOURCES)
         if police == ffi.NULL:
-            raise ImageError("cannot allocate the receive policer")
+            raise BootError("cannot allocate the receive policer")
         self._police = ffi.gc(police, lib.ox_police_free)
-        # A source that fills the socket while the server cannot keep up is
-        # a flood only if there is a rate to exceed.
-        lib.ox_police_backlog_rule(police, read_rate <= UNLIMITED_READ_RATE)
+        lib.ox_police_flagging(police, read_rate <= UNLIMITED_READ_RATE)
         self._buf = ffi.new(f"uint8_t[{RX_KEEP * RX_SLOT}]")
         self._view = ffi.buffer(self._buf)
         self._lens = ffi.new(f"uint32_t[{RX_KEEP}]")
@@ -75,7 +75,7 @@ class Receiver:
         if fast:
             table = lib.ox_serve_new(FAST_SESSIONS)
             if table == ffi.NULL:
-                raise ImageError("cannot allocate the session table")
+                raise BootError("cannot allocate the session table")
             self._table = ffi.gc(table, lib.ox_serve_free)
             self._tx_fd, ring = tx.link.tx_ring()
             if ring != ffi.NULL:

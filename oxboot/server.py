@@ -24,13 +24,22 @@ from pathlib import Path
 from typing import TextIO
 
 from oxboot._native import ffi, lib
-from oxboot.format import HEADER_SIZE, NETBOOT_ALIGN, Codec, Header, ImageError
+from oxboot.errors import BootError
+from oxboot.format import (
+    HEADER_SIZE,
+    Header,
+    ImageError,
+    Warn,
+    check_header,
+    check_layout,
+    header_warnings,
+)
 from oxboot.link import MAX_BLOCKED, RawLink, image_mac, mac_str
 from oxboot.privileges import drop_privileges
 from oxboot.progress import human
 from oxboot.protocol import (
     CHUNK,
-    MIN_OFFER_SIZE,
+    DEFAULT_READ_RATE,
     SLOTS,
     BootServer,
     Ignored,
@@ -45,7 +54,7 @@ from oxboot.protocol import (
 )
 from oxboot.receiver import POLICE_FIELDS, READ_BURST, TOTAL_FIELDS, Receiver
 from oxboot.txworkers import Job, TxPool
-from oxboot.verify import check_header, copy_data
+from oxboot.verify import copy_data
 
 _READ_TYPE = int(MsgType.READ).to_bytes(4, "big")
 _U64_MAX = (1 << 64) - 1
@@ -59,6 +68,11 @@ DEFAULT_WORKERS = 1
 #: Seconds the server polls its socket without sleeping after a frame (the
 #: faithful client's boot: ~400 -> ~490 MB/s here, BENCHMARKS.md).
 DEFAULT_BUSY_POLL = 0.001
+#: The protocol layer's READ meter against the C policer's rate (both per
+#: host): it only sees what the policer let through, and must not refuse a
+#: host the policer found within its rate (the policer reads its clock once
+#: per drain, the protocol layer once per frame).
+PROTOCOL_RATE_MARGIN = 1.25
 
 # A host the policer flags as flooding has its frames dropped by the kernel
 # for BLOCK_SECONDS, doubled for each repeat up to BLOCK_MAX_SECONDS: it then
@@ -107,19 +121,17 @@ def load_image(path: str | os.PathLike[str], scratch: str | None = None) -> Serv
     """
     path = Path(path)
     try:
-        f = open(path, "rb")  # noqa: SIM115 - closed below
+        f = open(path, "rb")  # closed below
     except OSError as e:
         raise ImageError(f"{path}: {e.strerror}") from None
     with f:
         st = os.fstat(f.fileno())
         header = Header.parse(f.read(HEADER_SIZE))
         check_header(header)
-        have = st.st_size - HEADER_SIZE
-        if have < header.data_size:
-            raise ImageError(f"{path}: file holds {max(have, 0)} bytes of data, header says "
-                             f"{header.data_size} (truncated?)")
-        if header.codec is not Codec.NONE and have > header.data_size:
-            raise ImageError(f"{path}: {have - header.data_size} stray bytes after the data")
+        try:
+            check_layout(header, st.st_size, raw_tail=True)
+        except ImageError as e:
+            raise ImageError(f"{path}: {e}") from None
         scratch = scratch or os.environ.get("OXBOOT_SCRATCH") or "/var/tmp"
         with tempfile.TemporaryFile(dir=scratch, prefix="oxboot-serve-") as tmp:
             # Only image_size bytes are ever copied: a longer file's tail is
@@ -147,14 +159,8 @@ class _FileSink:
 
 
 def netboot_warnings(image: ServedImage) -> list[str]:
-    out = []
-    if image.size % NETBOOT_ALIGN:
-        out.append(f"{image.path}: image size {image.size} is not a multiple of "
-                   f"{NETBOOT_ALIGN} bytes: the OS client will fail to verify it")
-    if image.size < MIN_OFFER_SIZE or image.header.target_size < MIN_OFFER_SIZE:
-        out.append(f"{image.path}: the OS client ignores offers of images or ramdisks "
-                   "under 1 MiB")
-    return out
+    return [f"{image.path}: {note}"
+            for note in header_warnings(image.header, Warn.NETBOOT | Warn.OFFER)]
 
 
 class EventLog:
@@ -214,7 +220,7 @@ class Server:
                  allow: Sequence[bytes] | None, *, once: bool = False,
                  hello_timeout: float | None = None, log: EventLog | None = None,
                  tx_method: str = "auto", scratch: str | None = None,
-                 read_rate: float = 8_000.0, workers: int | None = None,
+                 read_rate: float = DEFAULT_READ_RATE, workers: int | None = None,
                  user: str | None = None, busy_poll: float = DEFAULT_BUSY_POLL,
                  fast_path: bool = True,
                  on_ready: Callable[[Server], None] | None = None) -> None:
@@ -223,12 +229,14 @@ class Server:
         if not self.paths:
             raise ImageError("no image to serve")
         self.scratch = scratch
-        self.images: list[ServedImage | None] = []
+        loaded: list[ServedImage] = []
         for p in self.paths:
-            img = load_image(p, scratch)
+            img = load_image(p, scratch)  # raises if it cannot be served
             for note in netboot_warnings(img):
                 self.log.event("warning", note, message=note)
-            self.images.append(img)
+            loaded.append(img)
+        # None: an image that became unservable since (see _image_error).
+        self.images: list[ServedImage | None] = list(loaded)
         self.link = RawLink(link, [])
         self.macs = [image_mac(self.link.mac, i) for i in range(len(self.paths))]
         for mac in self.macs[1:]:
@@ -260,14 +268,14 @@ class Server:
         if user is not None:
             drop_privileges(user)
         # Two lines of defence against a flooding host: its frames are
-        # policed per source in C as they are drained from the socket (so
-        # the queue never overflows and costs others their frames), and the
-        # protocol layer meters READs and HELLOs per source again.
-        # 8000 frames/s per host: an OS client sends one READ per 128 KiB
-        # batch, so this is ~1 GB/s per sled before a single frame is policed.
-        self.proto = BootServer([img.offer for img in self.images if img], self.macs,
+        # policed per source in C as they are drained from the socket, at
+        # `read_rate` (so the queue never overflows and costs others their
+        # frames), and the protocol layer meters READs and HELLOs per source
+        # again, PROTOCOL_RATE_MARGIN times looser.
+        self.proto = BootServer([img.offer for img in loaded], self.macs,
                                 None if allow is None else list(allow),
-                                read_rate=read_rate * 1.25, read_burst=READ_BURST)
+                                read_rate=read_rate * PROTOCOL_RATE_MARGIN,
+                                read_burst=READ_BURST)
         # The protocol state and the I/O layer's bookkeeping are shared by
         # the receive threads: whoever handles a frame or a tick holds this.
         self._lock = threading.RLock()
@@ -295,8 +303,7 @@ class Server:
         self.log.event("transmit", f"DATA leaves by {', '.join(methods)} (worker by worker)"
                        + (f"; AF_XDP not used: {'; '.join(fallbacks)}" if fallbacks else ""),
                        methods=methods, fallbacks=fallbacks)
-        for i, img in enumerate(self.images):
-            assert img is not None
+        for i, img in enumerate(loaded):
             self.log.event("image", f"{img.path} ({human(img.size)}, sha256 "
                            f"{img.header.sha256.hex()[:16]}…) offered from "
                            f"{mac_str(self.macs[i])}", image=str(img.path), index=i,
@@ -387,7 +394,7 @@ class Server:
             now = time.monotonic()
             if self.hello_timeout is not None and not self._got_hello and \
                     now - start > self.hello_timeout:
-                raise ImageError(f"no HELLO within {self.hello_timeout:g} seconds")
+                raise BootError(f"no HELLO within {self.hello_timeout:g} seconds")
             # Worker 0 runs here: while it has DATA to send, only peek at the
             # socket between jobs; otherwise wait in C, which answers the
             # READs of established sessions itself, until a frame for
@@ -460,7 +467,7 @@ class Server:
                     next_tick = now + 1.0
                     with self._lock:
                         self._sync(rx, now)
-        except BaseException as e:  # noqa: BLE001 - handed to the main loop
+        except BaseException as e:  # handed to the main loop
             self._failure = e
             os.write(self._wake_w, b"x")
 
@@ -651,7 +658,7 @@ class Server:
             self.log.event("error", f"transmit failed: {message}", message=message)
             self.errors += 1
             if self.once:
-                raise ImageError(f"transmit failed: {message}")
+                raise BootError(f"transmit failed: {message}")
         self.proto.expire(now)
         if any(until <= now for until in self.blocked.values()):
             self._apply_blocklist(now)

@@ -16,10 +16,19 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import BinaryIO, Protocol
 
 from oxboot._native import Sha256
-from oxboot.format import HEADER_SIZE, Codec, Header, ImageError
+from oxboot.format import (
+    HEADER_SIZE,
+    Codec,
+    Header,
+    ImageError,
+    Warn,
+    check_header,
+    check_layout,
+    header_warnings,
+)
 from oxboot.fsutil import AtomicFile, describe_os_error
 from oxboot.pipeline import BufferPool, Inline, Worker, worker
 from oxboot.progress import Progress
@@ -34,6 +43,9 @@ RAW_BUFFERS = 3
 #: ahead on every core, queued for the hash. 1 GiB set, lookimage: 4 buffers
 #: 1.21-1.24 s, 6 1.16-1.22 s, 8 1.10-1.16 s (bench/notes.md).
 INFLATE_BUFFERS = 8
+#: The warnings for an image that is inspected or extracted: it is not
+#: being netbooted, so the network-boot client's rules are not in question.
+WARNINGS = Warn.FLAGS | Warn.ZSTD
 
 
 @dataclass
@@ -56,9 +68,9 @@ class VerifyResult:
         }
 
 
-def _open(path: str | os.PathLike[str]):  # noqa: ANN202 - a binary file
+def _open(path: str | os.PathLike[str]) -> BinaryIO:
     try:
-        return open(path, "rb")  # noqa: SIM115 - closed by the caller
+        return open(path, "rb")  # closed by the caller
     except OSError as e:
         raise ImageError(describe_os_error(e, path)) from None
 
@@ -70,22 +82,6 @@ def read_header(path: str | os.PathLike[str]) -> Header:
             return Header.parse(f.read(HEADER_SIZE))
         except OSError as e:
             raise ImageError(describe_os_error(e, path)) from None
-
-
-def header_warnings(header: Header) -> list[str]:
-    out = []
-    if header.undefined_flags:
-        out.append(f"undefined flag bits {header.undefined_flags:#x} are ignored")
-    if header.codec is Codec.ZSTD:
-        out.append("zstd image (oxboot extension): the OS cannot boot it from disk")
-    return out
-
-
-def check_header(header: Header) -> None:
-    """Raise the first rule the header breaks (original's, then the OS's)."""
-    problems = header.problems()
-    if problems:
-        raise ImageError(problems[0])
 
 
 def verify_image(
@@ -111,24 +107,7 @@ def verify_image(
                 header = Header.parse(f.read(HEADER_SIZE))
             check_header(header)
             if not skip_checksum or output is not None:
-                size = os.fstat(f.fileno()).st_size
-                have = size - HEADER_SIZE
-                if header.codec is Codec.NONE and have != header.data_size:
-                    # The original's words.
-                    raise ImageError(
-                        f"read {max(have, 0)} bytes of image, but header says there "
-                        f"should be {header.data_size}"
-                    )
-                if header.codec is not Codec.NONE and have < header.data_size:
-                    raise ImageError(
-                        f"file holds {max(have, 0)} bytes of data, but header says there "
-                        f"should be {header.data_size}"
-                    )
-                if header.codec is not Codec.NONE and have > header.data_size:
-                    raise ImageError(
-                        f"{have - header.data_size} stray bytes after the "
-                        f"{header.data_size} bytes of data"
-                    )
+                check_layout(header, os.fstat(f.fileno()).st_size)
                 f.seek(HEADER_SIZE)
                 _check_data(f, header, output, progress, threads)
         except OSError as e:
@@ -138,7 +117,7 @@ def verify_image(
         header=header,
         checked=not skip_checksum or output is not None,
         seconds=time.monotonic() - started,
-        warnings=header_warnings(header),
+        warnings=header_warnings(header, WARNINGS),
     )
 
 
@@ -146,7 +125,7 @@ class Sink(Protocol):
     def write_all(self, data: bytes | bytearray | memoryview) -> None: ...
 
 
-def _check_data(f, header: Header, output: str | os.PathLike[str] | None,  # noqa: ANN001
+def _check_data(f: BinaryIO, header: Header, output: str | os.PathLike[str] | None,
                 progress: bool | None, threads: int | None) -> None:
     out = AtomicFile(output) if output is not None else None
     try:
@@ -158,7 +137,7 @@ def _check_data(f, header: Header, output: str | os.PathLike[str] | None,  # noq
             out.__exit__(None, None, None)
 
 
-def copy_data(f, header: Header, out: Sink | None,  # noqa: ANN001
+def copy_data(f: BinaryIO, header: Header, out: Sink | None,
               progress: bool | None = None, threads: int | None = None) -> None:
     """Read the data region once from `f` (positioned after the header),
     decode it, check its size and SHA-256 against `header`, and hand the raw
@@ -201,7 +180,7 @@ def _consumer(hasher: Sha256, out: Sink | None,
     return consume
 
 
-def _stored(f, size: int, hasher: Sha256, out: Sink | None,  # noqa: ANN001
+def _stored(f: BinaryIO, size: int, hasher: Sha256, out: Sink | None,
             meter: Progress, threads: int | None) -> int:
     """Uncompressed data: read here into a few large buffers, hash (and
     write) on a worker thread, so the kernel's copy out of the page cache
@@ -232,7 +211,7 @@ def _stored(f, size: int, hasher: Sha256, out: Sink | None,  # noqa: ANN001
     return size - left
 
 
-def _decoded(f, header: Header, hasher: Sha256, out: Sink | None,  # noqa: ANN001
+def _decoded(f: BinaryIO, header: Header, hasher: Sha256, out: Sink | None,
              meter: Progress, threads: int | None) -> int:
     """Compressed data: inflate here (zlib pieces also ahead, on every core;
     the GIL released), hash and write on a worker thread, so they overlap."""

@@ -449,7 +449,7 @@ def cmd_hellos(args: argparse.Namespace) -> None:
 def cmd_capture(args: argparse.Namespace) -> None:
     signal.signal(signal.SIGTERM, _on_term)
     macs = [mac(m) for m in args.image_mac]
-    images = [open(p, "rb").read() for p in args.raw]  # noqa: SIM115
+    images = [open(p, "rb").read() for p in args.raw]
     offers = [bytes.fromhex(h) for h in args.offer]
     assert len(macs) == len(images) == len(offers)
     s = raw_socket(args.ifname, ETH_P_ALL, rcvbuf=256 << 20)

@@ -13,7 +13,7 @@ pytestmark = pytest.mark.net  # the sled emulator is Linux-only
 BATCH = 128 * 1024
 
 
-def faults_touching(ram, start: int, end: int) -> int:  # noqa: ANN001 - an mmap
+def faults_touching(ram, start: int, end: int) -> int:  # an mmap
     """Minor page faults taken while writing one byte per page of [start, end)."""
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     for offset in range(start, end, 4096):

@@ -61,7 +61,7 @@ class CBuf:
             self.buf[:] = bytes([fill]) * size if isinstance(fill, int) else fill
 
     @property
-    def buf(self):  # noqa: ANN201 - a cffi buffer
+    def buf(self):  # a cffi buffer
         return ffi.buffer(self.ptr, self.size)
 
     def __enter__(self) -> CBuf:
@@ -103,7 +103,7 @@ def zlib_stream(pieces: list[bytes], data: bytes, level: int = 6) -> bytes:
             + struct.pack(">I", zlib.adler32(data)))
 
 
-def inflate_one_stream(stream: bytes, mod=zlib) -> bytes:  # noqa: ANN001 - a module
+def inflate_one_stream(stream: bytes, mod=zlib) -> bytes:  # a module
     """Inflate `stream`, insisting it is exactly one complete zlib stream."""
     d = mod.decompressobj()
     out = d.decompress(stream) + d.flush()
@@ -211,7 +211,7 @@ def test_deterministic_whatever_the_thread_cache_holds() -> None:
             for _ in range(6):
                 level = rng.choice((1, 6, 12))
                 assert piece(data, level) == want[level]
-        except BaseException as e:  # noqa: BLE001 - reported below
+        except BaseException as e:  # reported below
             errors.append(e)
 
     threads = [threading.Thread(target=worker, args=(i,)) for i in range(4)]

@@ -60,7 +60,7 @@ class CBuf:
             self.buf[:] = fill
 
     @property
-    def buf(self):  # noqa: ANN201 - a cffi buffer
+    def buf(self):  # a cffi buffer
         return ffi.buffer(self.ptr, self.size)
 
     def bytes(self) -> bytes:
@@ -153,7 +153,7 @@ def test_sha256_of_non_byte_memoryview() -> None:
 
 
 @pytest.mark.parametrize("size", [1, 55, 56, 64, 4096 + 3, (1 << 20) + 1])
-def test_sha256_of_mmap(tmp_path, size: int) -> None:  # noqa: ANN001
+def test_sha256_of_mmap(tmp_path, size: int) -> None:
     data = image_bytes(size)
     path = tmp_path / "f"
     path.write_bytes(data)
@@ -504,7 +504,7 @@ class Receiver(threading.Thread):
         try:
             while len(self.frames) < self.count:
                 self.frames.append(self.sock.recv(4096))
-        except BaseException as e:  # noqa: BLE001 - reported by the test
+        except BaseException as e:  # reported by the test
             self.error = e
 
 
@@ -792,6 +792,47 @@ def test_police_flagged_list_is_bounded_and_kept_until_taken() -> None:
         b.close()
 
 
+class _SocketLink:
+    """What a Receiver asks of its RawLink, over a socket of a pair."""
+
+    ifname = "pair"
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+
+@pytest.mark.net
+@pytest.mark.parametrize("over", [False, True])
+def test_receiver_above_the_unlimited_rate_never_flags(over: bool) -> None:
+    """bootserver --read-rate above UNLIMITED_READ_RATE: no host is ever
+    blocked, as its help says. One source sends three bursts' worth at one
+    instant: at UNLIMITED_READ_RATE it is flagged (over its rate), above it
+    its frames over the rate are dropped but it is never flagged."""
+    from oxboot.receiver import READ_BURST, UNLIMITED_READ_RATE, Receiver
+
+    a, b = _unix_pair()
+    try:
+        rx = Receiver(_SocketLink(b), None, UNLIMITED_READ_RATE * (2 if over else 1),
+                      fast=False)  # type: ignore[arg-type]
+        stats = ffi.new("ox_police_stats *")
+        flood = _macs(1, 21)[0]
+        sent = 0
+        while sent < 3 * READ_BURST:  # in chunks that fit the socket's queue
+            for _ in range(128):
+                a.send(_proto_frame(flood))
+            sent += 128
+            _police(rx._police, b, 10**12, stats)
+        assert stats.accepted == READ_BURST and stats.policed == 2 * READ_BURST
+        assert stats.flagged == (0 if over else 1)
+        assert _flagged(rx._police) == ([] if over else [flood])
+    finally:
+        a.close()
+        b.close()
+
+
 # ---- READs of established sessions answered in C (ox_rx_serve) -----------------------
 
 
@@ -849,7 +890,7 @@ class Served:
 
 
 @pytest.fixture
-def served():  # noqa: ANN201
+def served():
     image = image_bytes(10 * 1024 + 7)
     s = Served(image)
     yield s, image
@@ -857,7 +898,7 @@ def served():  # noqa: ANN201
 
 
 @pytest.mark.net
-def test_serve_answers_reads_of_its_sessions(served) -> None:  # noqa: ANN001
+def test_serve_answers_reads_of_its_sessions(served) -> None:
     s, image = served
     sled = bytes.fromhex("020000000001")
     assert s.add(sled) == 0
@@ -881,7 +922,7 @@ def test_serve_answers_reads_of_its_sessions(served) -> None:  # noqa: ANN001
 
 
 @pytest.mark.net
-def test_serve_hands_back_what_is_not_its_own(served) -> None:  # noqa: ANN001
+def test_serve_hands_back_what_is_not_its_own(served) -> None:
     s, image = served
     sled, stranger = bytes.fromhex("020000000001"), bytes.fromhex("020000000002")
     assert s.add(sled) == 0
@@ -940,6 +981,39 @@ def test_serve_table_churn_keeps_every_entry_reachable() -> None:
             assert lib.ox_serve_set(table, m, IMAGE_MAC, ffi.NULL, 0, 0) == -1
         for x in pool[:40]:
             assert lib.ox_serve_get(table, x, info) == (1 if x in live else 0)
+
+
+@pytest.mark.net
+def test_serve_table_churn_leaves_misses_cheap() -> None:
+    """A million sessions set and dropped, each for a sled never seen
+    before (spoofed HELLO and READ churn), around sessions that stay: a
+    lookup of an unknown sled (every READ from one) still looks at as few
+    entries as in a table that only ever held the staying sessions, not at
+    the whole table, and every staying session is still found."""
+    sessions = 4096  # the server's (receiver.FAST_SESSIONS)
+    staying = _macs(sessions // 2, 14)
+    unknown = [bytes([0x07]) + m[1:] for m in _macs(2000, 15)]  # _macs: never 0x07...
+
+    def table_of(macs: list[bytes]) -> object:
+        table = ffi.gc(lib.ox_serve_new(sessions), lib.ox_serve_free)
+        for m in macs:
+            assert lib.ox_serve_set(table, m, IMAGE_MAC, ffi.NULL, 0, 0) == 0
+        return table
+
+    churned, fresh = table_of(staying), table_of(staying)
+    serve_set, serve_drop, window = lib.ox_serve_set, lib.ox_serve_drop, 64
+    for i in range(1_000_000 + window):
+        if i < 1_000_000:  # 0x03...: no _macs sled either
+            assert serve_set(churned, b"\x03" + i.to_bytes(5, "big"), IMAGE_MAC, ffi.NULL,
+                             0, 0) == 0
+        if i >= window:
+            assert serve_drop(churned, b"\x03" + (i - window).to_bytes(5, "big")) == 1
+    probes = [lib.ox_serve_probes(churned, m) for m in unknown]
+    assert probes == [lib.ox_serve_probes(fresh, m) for m in unknown]
+    assert sum(probes) / len(probes) < 2 and max(probes) < 16, (sum(probes), max(probes))
+    info = ffi.new("ox_serve_info *")
+    assert all(lib.ox_serve_get(churned, m, info) == 1 for m in staying)
+    assert not any(lib.ox_serve_get(churned, m, info) for m in unknown)
 
 
 @pytest.mark.net

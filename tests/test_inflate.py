@@ -159,6 +159,26 @@ def test_broken_streams_fail_cleanly(pool: BufferPool, case: str, threads: int) 
         decode_all(stream, size, None)
 
 
+def test_a_read_failure_is_not_called_a_corrupt_stream() -> None:
+    """Only zlib-ng's (or zlib's) own error means a corrupt stream: another
+    failure whose class is called ``error`` too (struct's, here) is passed
+    on as it is."""
+    import struct
+
+    data = mixed(3 * MIB, seed=6)
+    stream = encode(data, block=MIB)
+
+    class FailsOnSecondRead(io.BytesIO):
+        def read(self, n: int | None = -1) -> bytes:
+            if self.tell():
+                raise struct.error("the disk said no")
+            return super().read(n)
+
+    with pytest.raises(struct.error, match="the disk said no"):
+        for _ in decode(Codec.ZLIB, FailsOnSecondRead(stream), len(stream), len(data)):
+            pass
+
+
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(flips=st.lists(st.tuples(st.integers(0, 10**9), st.integers(1, 255)), min_size=1,
                       max_size=3),
@@ -190,7 +210,7 @@ class InflateLog:
         self.calls: list[tuple[str, bool, bool]] = []
         real = codec._PieceInflater.__call__
 
-        def logged(inflater, zdict, data, final, out):  # noqa: ANN001, ANN202
+        def logged(inflater, zdict, data, final, out):
             n, used = real(inflater, zdict, data, final, out)
             self.calls.append((threading.current_thread().name.split("_")[0], bool(zdict),
                                n >= 0))

@@ -109,6 +109,28 @@ def test_constants() -> None:
     }
 
 
+def test_default_read_rate_is_one_constant() -> None:
+    """bootserver's --read-rate default, the Server's, the BootServer's and
+    the documents' are protocol.DEFAULT_READ_RATE."""
+    import inspect
+    from pathlib import Path
+
+    from oxboot.cli.bootserver import build_parser
+
+    rate = protocol.DEFAULT_READ_RATE
+    assert build_parser().parse_args(["eth0", "x.img", "any"]).read_rate == rate
+    assert inspect.signature(BootServer).parameters["read_rate"].default == rate
+    try:
+        from oxboot.server import Server
+    except ImportError:  # the portable build has no boot server
+        pass
+    else:
+        assert inspect.signature(Server).parameters["read_rate"].default == rate
+    root = Path(__file__).resolve().parents[1]
+    assert f"| `DEFAULT_READ_RATE` | {rate:g} /s |" in (root / "docs/protocol.md").read_text()
+    assert f"(`--read-rate`, default {rate:g} frames/s" in (root / "README.md").read_text()
+
+
 # --- Wire format: known answers and round trips --------------------------------
 
 EXAMPLES = [

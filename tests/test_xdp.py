@@ -85,7 +85,7 @@ def _open_xsk(host: Host, queue: int = 0, frames: int = 256) -> object:
     return x
 
 
-def _capture(peer: socket.socket, count: int, send) -> tuple[int, list[bytes]]:  # noqa: ANN001
+def _capture(peer: socket.socket, count: int, send) -> tuple[int, list[bytes]]:
     rx = Receiver(peer, count)
     rx.start()
     n = send()

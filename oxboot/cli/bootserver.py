@@ -7,7 +7,10 @@ import sys
 from collections.abc import Sequence
 
 from oxboot.cli.common import Parser, UsageError, needs_network_core, run
-from oxboot.link import TX_METHODS, LinkError, parse_mac
+from oxboot.errors import LinkError
+from oxboot.link import TX_METHODS, parse_mac
+from oxboot.protocol import DEFAULT_READ_RATE
+from oxboot.receiver import UNLIMITED_READ_RATE
 from oxboot.server import DEFAULT_BUSY_POLL, EventLog, Server
 
 
@@ -34,12 +37,13 @@ def build_parser(prog: str = "bootserver") -> Parser:
     p.add_argument("--user", metavar="NAME",
                    help="after opening the link and the images, drop root and run as NAME "
                    "(images must stay readable by NAME to be reloaded)")
-    p.add_argument("--read-rate", type=_positive, default=8000.0, metavar="N",
-                   help="frames per second one host may send (default 8000: an OS client "
+    p.add_argument("--read-rate", type=_positive, default=DEFAULT_READ_RATE, metavar="N",
+                   help="frames per second one host may send (default %(default)g: an OS client "
                    "sends one READ per 128 KiB, so ~1 GB/s per sled); a host that goes on "
                    "sending far beyond it, or fills the socket while the server cannot keep "
                    "up, is blocked in the kernel for 2 s, doubling on repeats up to 64 s; "
-                   "above 100000 no host is ever blocked)")
+                   f"above {UNLIMITED_READ_RATE} no host is ever blocked, only its frames "
+                   "over the rate are dropped")
     p.add_argument("--busy-poll", type=_non_negative, default=DEFAULT_BUSY_POLL * 1e6,
                    metavar="USEC",
                    help="poll the socket this long without sleeping after each frame while "

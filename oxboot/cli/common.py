@@ -12,6 +12,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import NoReturn
 
+from oxboot.errors import BootError
 from oxboot.format import ImageError
 
 
@@ -84,9 +85,7 @@ def run(parser: Parser, body: Callable[[argparse.Namespace], int],
         except UsageError as e:
             return fail(str(e))
         return body(args)
-    except ImageError as e:
-        return fail(str(e))
-    except UsageError as e:
+    except (ImageError, BootError, UsageError) as e:
         return fail(str(e))
     except KeyboardInterrupt:
         return fail("interrupted", 130)

@@ -22,7 +22,8 @@ from pathlib import Path
 
 from oxboot.build import build_image
 from oxboot.cli.common import Parser, UsageError, needs_network_core, run
-from oxboot.format import MIB, Codec, ImageError
+from oxboot.errors import BootError
+from oxboot.format import MIB, Codec
 from oxboot.netlab import Lab, wait_for
 from oxboot.progress import human
 
@@ -43,7 +44,7 @@ def build_parser(prog: str = "oxboot demo") -> Parser:
 def make_filesystem(out: Path, size: int, staging: Path) -> int:
     """An ext4 image of real files from this machine; returns files copied."""
     if shutil.which("mke2fs") is None:
-        raise ImageError("mke2fs not found (install e2fsprogs)")
+        raise BootError("mke2fs not found (install e2fsprogs)")
     budget = int(size * 0.6)
     count = 0
     for root in SOURCES:
@@ -114,7 +115,7 @@ def _body(args: argparse.Namespace) -> int:
         wait_for(lambda: server.poll() is not None or '"event": "image"' in log.read_text(),
                  60, "the boot server")
         if server.poll() is not None:
-            raise ImageError(f"bootserver failed: {log.read_text().strip()}")
+            raise BootError(f"bootserver failed: {log.read_text().strip()}")
         _say("bootserver is up; booting the emulated sled")
 
         saved = work / "received.raw"
@@ -125,7 +126,7 @@ def _body(args: argparse.Namespace) -> int:
             stdin=subprocess.DEVNULL)
         elapsed = time.monotonic() - started
         if boot.returncode != 0:
-            raise ImageError("the sled did not boot (see above)")
+            raise BootError("the sled did not boot (see above)")
         server.wait(10)
         events = [json.loads(x) for x in log.read_text().splitlines() if x.startswith("{")]
         same = saved.read_bytes() == raw.read_bytes() + bytes(h.image_size - raw.stat().st_size)

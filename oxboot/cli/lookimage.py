@@ -7,8 +7,8 @@ import sys
 from collections.abc import Sequence
 
 from oxboot.cli.common import Parser, UsageError, emit_json, run, thread_count, warn
-from oxboot.format import ImageError
-from oxboot.verify import check_header, header_warnings, read_header, verify_image
+from oxboot.format import ImageError, check_header, header_warnings
+from oxboot.verify import WARNINGS, read_header, verify_image
 
 
 def build_parser(prog: str = "lookimage") -> Parser:
@@ -27,7 +27,7 @@ def _body(args: argparse.Namespace) -> int:
     if args.image is None:
         raise UsageError("which image file do you want to inspect?")
     header = read_header(args.image)
-    for note in header_warnings(header):
+    for note in header_warnings(header, WARNINGS):
         warn(note)
     if not args.json:
         # Like the original: the header is shown before the data is judged,
