@@ -232,17 +232,21 @@ def test_eight_sleds_on_a_bridge(lab: Lab, images: dict, tmp_path: Path, workers
         assert final["tx_methods"] == ["xdp"] * workers, final
 
 
-def _drop_data(host: Host, percent: int, msg_type: int = 0x9104) -> None:
-    """Drop `percent`% of our frames of one type at the host's ingress, in the
-    kernel (nftables netdev hook); the protocol type is at frame byte 18."""
+def _drop_at_ingress(host: Host, match: str) -> None:
+    """Drop, in the kernel at the host's ingress (nftables netdev hook), our
+    frames that `match` selects; the protocol type is at frame byte 18."""
     rules = (
         f"table netdev oxloss {{\n chain in {{\n"
         f"  type filter hook ingress device {host.ifname} priority 0;\n"
-        f"  ether type 0x1de0 @ll,144,32 {msg_type:#x} numgen random mod 100 < {percent}"
-        f" counter drop\n }}\n}}\n"
+        f"  ether type 0x1de0 {match} counter drop\n }}\n}}\n"
     )
     subprocess.run(["ip", "netns", "exec", host.ns, "nft", "-f", "-"], input=rules,
                    text=True, check=True, capture_output=True)
+
+
+def _drop_data(host: Host, percent: int, msg_type: int = 0x9104) -> None:
+    """Drop `percent`% of our frames of one type at the host's ingress."""
+    _drop_at_ingress(host, f"@ll,144,32 {msg_type:#x} numgen random mod 100 < {percent}")
 
 
 def _hold_data(host: Host, from_offset: int) -> None:
@@ -250,14 +254,7 @@ def _hold_data(host: Host, from_offset: int) -> None:
     image under 4 GiB: the low word of the offset, frame bytes 30..33), so a
     boot gets that far and waits there, retransmitting its READs, until
     :func:`_clear_loss`: mid-boot for as long as a test needs, on any machine."""
-    rules = (
-        f"table netdev oxloss {{\n chain in {{\n"
-        f"  type filter hook ingress device {host.ifname} priority 0;\n"
-        f"  ether type 0x1de0 @ll,144,32 0x9104 @ll,240,32 >= {from_offset} counter drop\n"
-        f" }}\n}}\n"
-    )
-    subprocess.run(["ip", "netns", "exec", host.ns, "nft", "-f", "-"], input=rules,
-                   text=True, check=True, capture_output=True)
+    _drop_at_ingress(host, f"@ll,144,32 0x9104 @ll,240,32 >= {from_offset}")
 
 
 def _clear_loss(host: Host) -> None:
