@@ -19,7 +19,16 @@ Buffer: TypeAlias = bytes | bytearray | memoryview | mmap.mmap
 #: (SHA-256, deflate, frames in memory) and none of the socket ones.
 HAS_NET: bool = bool(lib.OX_HAS_NET)
 
-__all__ = ["HAS_NET", "Buffer", "Sha256", "sha256", "ffi", "lib"]
+__all__ = ["HAS_NET", "Buffer", "Sha256", "check_constants", "sha256", "ffi", "lib"]
+
+
+def check_constants(values: dict[str, int]) -> None:
+    """Raise if any of `values` (``NAME: value``) differs from the C core's
+    ``OX_NAME``: a constant kept on both sides of the boundary."""
+    wrong = [f"{name} = {value:#x} here, {getattr(lib, 'OX_' + name):#x} in C"
+             for name, value in values.items() if getattr(lib, "OX_" + name) != value]
+    if wrong:
+        raise ImportError("oxboot's C core disagrees with its Python: " + "; ".join(wrong))
 
 
 def _ptr(buf: Buffer) -> object:

@@ -24,7 +24,7 @@ from collections import Counter
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
-from oxboot._native import Sha256
+from oxboot._native import Sha256, check_constants
 from oxboot.format import MIN_OFFER_SIZE
 
 __all__ = [
@@ -121,6 +121,15 @@ DEFAULT_READ_RATE = 8000.0
 
 _U64_MAX = (1 << 64) - 1
 _PAGE_SIZE = 4096  # the OS rounds the ramdisk up to whole pages
+
+# The C core builds and parses the same frames (csrc/oxboot.h): its values
+# are checked against these once, at import, so the two cannot drift apart.
+check_constants({
+    "ETHERTYPE": ETHERTYPE, "MAGIC": MAGIC, "ETH_HLEN": ETH_HLEN, "HDR_LEN": HDR_LEN,
+    "DATA_HLEN": DATA_HDR_LEN, "CHUNK": CHUNK, "MAX_DATA": MAX_DATA,
+    "MIN_DATA_PAYLOAD": MIN_DATA_PAYLOAD, "SLOTS": SLOTS, "READ_LEN": READ_LEN,
+    **{f"T_{t.name}": t.value for t in MsgType},
+})
 
 
 def ramdisk_capacity(ramdisk_size: int) -> int:

@@ -1186,3 +1186,14 @@ def test_end_to_end_server_restart_with_several_images_resets() -> None:
     client, server, *_ = simulate(images, hashlib.sha256(images[0]).digest(), restart_server_at=0.5)
     assert client.state is ClientState.RESET
     assert server.counters["resets"] == 1
+
+
+def test_c_core_constants_are_checked_against_python() -> None:
+    """The frame constants live on both sides of the C boundary; importing
+    the protocol compares them, and a difference is an ImportError naming it."""
+    from oxboot._native import check_constants, lib
+
+    assert lib.OX_SLOTS == SLOTS and lib.OX_CHUNK == CHUNK and lib.OX_MAGIC == MAGIC
+    check_constants({"SLOTS": SLOTS, "T_READ": MsgType.READ})
+    with pytest.raises(ImportError, match=r"SLOTS = 0x81 here, 0x80 in C"):
+        check_constants({"SLOTS": SLOTS + 1, "CHUNK": CHUNK})
