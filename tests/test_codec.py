@@ -18,9 +18,9 @@ import struct
 import threading
 import zlib
 
-import cffi
 import pytest
 import zlib_ng.zlib_ng as zlib_ng
+from cbuf import CBuf
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
@@ -41,35 +41,6 @@ SIZE_MAX = (1 << 64) - 1
 SYNC = b"\x00\x00\xff\xff"
 LEVELS = range(1, 13)
 SIZES = [0, 1, 2, 3, 100, 65535, 65536, MIB + 1]
-
-# ---- exact-size C buffers ------------------------------------------------
-
-_libc_ffi = cffi.FFI()
-_libc_ffi.cdef("void *malloc(size_t); void free(void *);")
-_libc = _libc_ffi.dlopen(None)  # with ASan preloaded, this is ASan's malloc
-
-
-class CBuf:
-    """`size` bytes from libc malloc, as a ``uint8_t *`` of the core's ffi."""
-
-    def __init__(self, size: int, fill: bytes | int = 0) -> None:
-        self.size = size
-        self._raw = _libc.malloc(max(size, 1))
-        assert self._raw != _libc_ffi.NULL
-        self.ptr = ffi.cast("uint8_t *", int(_libc_ffi.cast("uintptr_t", self._raw)))
-        if size:
-            self.buf[:] = bytes([fill]) * size if isinstance(fill, int) else fill
-
-    @property
-    def buf(self):  # a cffi buffer
-        return ffi.buffer(self.ptr, self.size)
-
-    def __enter__(self) -> CBuf:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        _libc.free(self._raw)
-
 
 def deflate_chunk(data: bytes, level: int = 6, cap: int | None = None,
                   slack: int = 0) -> tuple[int, bytes, bytes]:

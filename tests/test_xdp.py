@@ -17,7 +17,8 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from test_core import DST, SRC, CBuf, Receiver, _tx_offsets, expected_frame, image_bytes
+from cbuf import CBuf
+from test_core import DST, SRC, Receiver, _tx_offsets, expected_frame, image_bytes
 
 from oxboot._native import ffi, lib
 from oxboot.link import af_xdp_unavailable
