@@ -1,6 +1,6 @@
 """How much a READ flood from another host slows a sled's boot beside it.
 
-The tests (tests/test_hostile.py) check what must happen: the flooder is
+The tests (tests/netns/test_hostile.py) check what must happen: the flooder is
 blocked in the kernel, the boot beside it completes and verifies. How long
 that boot takes, against the same boot undisturbed in the same run, is a
 figure with a floor here: a timing ratio is not something a test on a busy
@@ -26,7 +26,7 @@ from oxboot import build_image
 from oxboot.netlab import Host, Lab, wait_for
 
 HERE = Path(__file__).resolve().parent
-FUZZ = HERE.parent / "tests" / "fuzz_frames.py"  # its flood: valid 128-offset READs
+FUZZ = HERE.parent / "tests" / "peers" / "fuzz_frames.py"  # its flood: valid 128-offset READs
 IMAGE_BYTES = 32 << 20
 #: Boots of each kind: the figure is the ratio of their medians (a boot
 #: takes ~0.1 s, so one disturbed by the machine would sway a max or a min).

@@ -104,15 +104,21 @@ typedef struct {
     uint64_t extent;
 } ox_rx_stats;
 
-long ox_rx_data(int fd, const uint8_t *self_mac, const uint8_t *server, uint8_t *ram,
-                uint64_t ram_len, uint64_t *slot_offsets, uint8_t *slot_busy,
-                uint32_t *busy_count, uint8_t *other, size_t other_cap,
-                size_t *other_len, size_t max_frames, ox_rx_stats *stats);
-long ox_rx_data_wait(int fd, const uint8_t *self_mac, const uint8_t *server, uint8_t *ram,
-                     uint64_t ram_len, uint64_t *slot_offsets, uint8_t *slot_busy,
-                     uint32_t *busy_count, uint8_t *other, size_t other_cap,
-                     size_t *other_len, size_t max_frames, int timeout_ms,
-                     ox_rx_stats *stats);
+typedef struct {
+    const uint8_t *self_mac;
+    const uint8_t *server;
+    uint8_t *ram;
+    uint64_t ram_len;
+    uint64_t *slot_offsets;
+    uint8_t *slot_busy;
+    uint32_t *busy_count;
+    uint8_t *other;
+    size_t other_cap;
+    size_t *other_len;
+    ox_rx_stats *stats;
+} ox_rx_args;
+long ox_rx_data(int fd, const ox_rx_args *a, size_t max_frames);
+long ox_rx_data_wait(int fd, const ox_rx_args *a, size_t max_frames, int timeout_ms);
 
 typedef struct ox_rxring ox_rxring;
 ox_rxring *ox_rxring_open(int fd, unsigned frames);
@@ -124,11 +130,8 @@ typedef struct {
     uint64_t reads;
     uint64_t send_errors;
 } ox_rx_next;
-long ox_rxring_data_wait(ox_rxring *r, const uint8_t *self_mac, const uint8_t *server,
-                         uint8_t *ram, uint64_t ram_len, uint64_t *slot_offsets,
-                         uint8_t *slot_busy, uint32_t *busy_count, uint8_t *other,
-                         size_t other_cap, size_t *other_len, size_t max_frames,
-                         int timeout_ms, ox_rx_stats *stats, ox_rx_next *next);
+long ox_rxring_data_wait(ox_rxring *r, const ox_rx_args *a, size_t max_frames,
+                         int timeout_ms, ox_rx_next *next);
 
 
 typedef struct ox_police ox_police;

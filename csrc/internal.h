@@ -179,6 +179,14 @@ typedef struct {
     ox_rx_stats *stats;
     int hint; /* the slot after the last one filled */
 } ox_rx_target;
+/* The caller's arguments as a target (no slot filled yet). */
+static inline ox_rx_target ox_rx_target_of(const ox_rx_args *a)
+{
+    ox_rx_target t = {a->self_mac, a->server, a->ram, a->ram_len, a->slot_offsets,
+                      a->slot_busy, a->busy_count, a->other, a->other_cap, a->other_len,
+                      a->stats, 0};
+    return t;
+}
 int ox_rx_target_ok(const ox_rx_target *t);
 void ox_rx_data_frame(ox_rx_target *t, const uint8_t *f, size_t flen, int truncated);
 

@@ -185,21 +185,38 @@ typedef struct {
 } ox_rx_stats;
 
 /*
- * Drain up to `max_frames` frames from the non-blocking raw socket fd.
- * Frames not addressed to `self_mac` (or broadcast) are skipped, as a NIC
- * would. DATA frames from `server` whose offset sits in a busy slot are copied
- * into ram[offset, offset+n) (clipped to ram_len), the slot is freed and
- * *busy_count decremented. The first frame that is not DATA from the server
- * (OFFER, RESET, ...) is copied to `other` (capacity other_cap) and the
- * call returns after that batch so that Python can handle it (further such
- * frames in the same batch are counted as bad); *other_len gets its
- * length (0 if none). Returns frames read, or -1 on a socket error other
- * than EAGAIN (errno in stats is not kept; check errno).
+ * What a sled's receive call works on: its ramdisk, the session's slot
+ * buffers (shared with ClientSession) and a place for the first frame that
+ * is Python's. `busy_count` and `other_len` are in/out through pointers so
+ * that the caller reads them between calls without copying the struct.
  */
-long ox_rx_data(int fd, const uint8_t *self_mac, const uint8_t *server, uint8_t *ram,
-                uint64_t ram_len, uint64_t *slot_offsets, uint8_t *slot_busy,
-                uint32_t *busy_count, uint8_t *other, size_t other_cap,
-                size_t *other_len, size_t max_frames, ox_rx_stats *stats);
+typedef struct {
+    const uint8_t *self_mac; /* frames to other addresses are skipped, as a NIC would */
+    const uint8_t *server;   /* DATA counts only from the accepted offer's source */
+    uint8_t *ram;            /* the ramdisk */
+    uint64_t ram_len;
+    uint64_t *slot_offsets;  /* OX_SLOTS offsets of the current batch */
+    uint8_t *slot_busy;      /* OX_SLOTS flags: still waiting for that DATA */
+    uint32_t *busy_count;    /* busy slots; decremented per DATA landed */
+    uint8_t *other;          /* the first frame for Python ... */
+    size_t other_cap;        /* ... its capacity ... */
+    size_t *other_len;       /* ... and its length (0: none) */
+    ox_rx_stats *stats;
+} ox_rx_args;
+
+/*
+ * Drain up to `max_frames` frames from the non-blocking raw socket fd.
+ * Frames not addressed to `self_mac` (or broadcast) are skipped. DATA
+ * frames from `server` whose offset sits in a busy slot are copied into
+ * ram[offset, offset+n) (clipped to ram_len), the slot is freed and
+ * *busy_count decremented. The first frame that is not DATA from the server
+ * (OFFER, RESET, ...) is copied to `other` and the call returns after that
+ * batch so that Python can handle it (further such frames in the same
+ * batch are counted as bad); *other_len gets its length (0 if none).
+ * Returns frames read, or -1 on a socket error other than EAGAIN or bad
+ * arguments (errno set).
+ */
+long ox_rx_data(int fd, const ox_rx_args *a, size_t max_frames);
 
 /*
  * ox_rx_data until the batch is complete (*busy_count reaches 0), a frame
@@ -208,11 +225,7 @@ long ox_rx_data(int fd, const uint8_t *self_mac, const uint8_t *server, uint8_t 
  * one call, without a trip through Python for every wake-up. Returns
  * frames read, or -1 (errno set).
  */
-long ox_rx_data_wait(int fd, const uint8_t *self_mac, const uint8_t *server, uint8_t *ram,
-                     uint64_t ram_len, uint64_t *slot_offsets, uint8_t *slot_busy,
-                     uint32_t *busy_count, uint8_t *other, size_t other_cap,
-                     size_t *other_len, size_t max_frames, int timeout_ms,
-                     ox_rx_stats *stats);
+long ox_rx_data_wait(int fd, const ox_rx_args *a, size_t max_frames, int timeout_ms);
 
 /*
  * The same through a PACKET_RX_RING (TPACKET_V2) set up on fd, the sled's
@@ -246,11 +259,8 @@ typedef struct {
     uint64_t send_errors; /* out: READs the kernel refused (lost, as on a wire) */
 } ox_rx_next;
 
-long ox_rxring_data_wait(ox_rxring *r, const uint8_t *self_mac, const uint8_t *server,
-                         uint8_t *ram, uint64_t ram_len, uint64_t *slot_offsets,
-                         uint8_t *slot_busy, uint32_t *busy_count, uint8_t *other,
-                         size_t other_cap, size_t *other_len, size_t max_frames,
-                         int timeout_ms, ox_rx_stats *stats, ox_rx_next *next);
+long ox_rxring_data_wait(ox_rxring *r, const ox_rx_args *a, size_t max_frames,
+                         int timeout_ms, ox_rx_next *next);
 
 /* ---- Server receive: per-source policing (police.c, sockfilter.c; Linux) */
 

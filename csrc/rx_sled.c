@@ -103,22 +103,22 @@ void ox_rx_data_frame(ox_rx_target *t, const uint8_t *f, size_t flen, int trunca
     }
 }
 
-long ox_rx_data(int fd, const uint8_t *self_mac, const uint8_t *server, uint8_t *ram,
-                uint64_t ram_len, uint64_t *slot_offsets, uint8_t *slot_busy,
-                uint32_t *busy_count, uint8_t *other, size_t other_cap,
-                size_t *other_len, size_t max_frames, ox_rx_stats *stats)
+long ox_rx_data(int fd, const ox_rx_args *a, size_t max_frames)
 {
     static __thread uint8_t buf[OX_RX_BATCH][OX_RX_FRAME];
     struct iovec iov[OX_RX_BATCH];
     struct mmsghdr msg[OX_RX_BATCH];
     struct sockaddr_ll from[OX_RX_BATCH];
-    ox_rx_target t = {self_mac, server, ram, ram_len, slot_offsets, slot_busy, busy_count,
-                          other, other_cap, other_len, stats, 0};
+    if (a == NULL) {
+        errno = EINVAL;
+        return -1;
+    }
+    ox_rx_target t = ox_rx_target_of(a);
     size_t total = 0;
 
     if (!ox_rx_target_ok(&t))
         return -1;
-    *other_len = 0;
+    *t.other_len = 0;
 
     while (total < max_frames) {
         size_t want = max_frames - total < OX_RX_BATCH ? max_frames - total : OX_RX_BATCH;
@@ -135,24 +135,20 @@ long ox_rx_data(int fd, const uint8_t *self_mac, const uint8_t *server, uint8_t 
             break;
         for (int i = 0; i < r; i++) {
             total++;
-            stats->frames++;
+            t.stats->frames++;
             if (from[i].sll_pkttype == PACKET_OUTGOING)
                 continue;
             ox_rx_data_frame(&t, buf[i], msg[i].msg_len,
                           (msg[i].msg_hdr.msg_flags & MSG_TRUNC) != 0);
         }
         /* Hand a non-DATA frame to Python before reading further. */
-        if ((size_t)r < want || *other_len != 0)
+        if ((size_t)r < want || *t.other_len != 0)
             break;
     }
     return (long)total;
 }
 
-long ox_rx_data_wait(int fd, const uint8_t *self_mac, const uint8_t *server, uint8_t *ram,
-                     uint64_t ram_len, uint64_t *slot_offsets, uint8_t *slot_busy,
-                     uint32_t *busy_count, uint8_t *other, size_t other_cap,
-                     size_t *other_len, size_t max_frames, int timeout_ms,
-                     ox_rx_stats *stats)
+long ox_rx_data_wait(int fd, const ox_rx_args *a, size_t max_frames, int timeout_ms)
 {
     uint64_t start = ox_mono_ns();
     long total = 0;
@@ -161,13 +157,11 @@ long ox_rx_data_wait(int fd, const uint8_t *self_mac, const uint8_t *server, uin
         return -1;
     for (;;) {
         /* It checks the arguments: past it, the pointers are good. */
-        long n = ox_rx_data(fd, self_mac, server, ram, ram_len, slot_offsets, slot_busy,
-                            busy_count, other, other_cap, other_len,
-                            max_frames - (size_t)total, stats);
+        long n = ox_rx_data(fd, a, max_frames - (size_t)total);
         if (n < 0)
             return -1;
         total += n;
-        if (*busy_count == 0 || *other_len != 0 || (size_t)total >= max_frames)
+        if (*a->busy_count == 0 || *a->other_len != 0 || (size_t)total >= max_frames)
             return total;
         long spent = (long)((ox_mono_ns() - start) / 1000000u);
         if (spent >= timeout_ms)

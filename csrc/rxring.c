@@ -210,26 +210,27 @@ static int next_batch(ox_rxring *r, ox_rx_target *t, ox_rx_next *next)
     return 1;
 }
 
-long ox_rxring_data_wait(ox_rxring *r, const uint8_t *self_mac, const uint8_t *server,
-                         uint8_t *ram, uint64_t ram_len, uint64_t *slot_offsets,
-                         uint8_t *slot_busy, uint32_t *busy_count, uint8_t *other,
-                         size_t other_cap, size_t *other_len, size_t max_frames,
-                         int timeout_ms, ox_rx_stats *stats, ox_rx_next *next)
+long ox_rxring_data_wait(ox_rxring *r, const ox_rx_args *a, size_t max_frames,
+                         int timeout_ms, ox_rx_next *next)
 {
-    ox_rx_target t = {self_mac, server, ram, ram_len, slot_offsets, slot_busy, busy_count,
-                          other, other_cap, other_len, stats, 0};
+    ox_rx_target t;
     size_t total = 0, batch_seen = 0;
     uint64_t start, batch_t0, spin;
     int idle;
 
+    if (a == NULL) {
+        errno = EINVAL;
+        return -1;
+    }
+    t = ox_rx_target_of(a);
     if (r == NULL || timeout_ms < 0 || !ox_rx_target_ok(&t) ||
         (next != NULL && next->slot_sent == NULL)) {
         errno = EINVAL;
         return -1;
     }
-    *other_len = 0;
+    *t.other_len = 0;
     /* Nothing outstanding: return with whatever arrives first. */
-    idle = *busy_count == 0;
+    idle = *t.busy_count == 0;
     start = batch_t0 = ox_mono_ns();
     for (;;) {
         size_t got = ring_drain(r, &t, max_frames - total, idle);
@@ -237,9 +238,9 @@ long ox_rxring_data_wait(ox_rxring *r, const uint8_t *self_mac, const uint8_t *s
             r->first_wait_ns = ox_mono_ns() - batch_t0;
         batch_seen += got;
         total += got;
-        if (*other_len != 0 || total >= max_frames)
+        if (*t.other_len != 0 || total >= max_frames)
             return (long)total;
-        if (idle ? total > 0 : *busy_count == 0) {
+        if (idle ? total > 0 : *t.busy_count == 0) {
             if (idle || next == NULL || !next_batch(r, &t, next))
                 return (long)total;
             batch_t0 = ox_mono_ns();

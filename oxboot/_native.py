@@ -1,4 +1,12 @@
-"""Typed Python API over the cffi C core (``oxboot._core``).
+"""The typed Python API over the cffi C core (``oxboot._core``).
+
+The rest of the package calls the C core only through typed wrappers: the
+portable functions here (SHA-256, deflate pieces, Adler-32, frames in
+memory, write-back), and one class per network mechanism beside its I/O:
+:class:`oxboot.link.RawLink` (the raw socket, its rings and AF_XDP),
+:class:`oxboot.serve.receiver.Receiver` (the server's receive loop and
+policer) and :class:`oxboot.sled.rx.DataReceiver` (the sled's DATA path).
+A test (tests/test_layout.py) keeps ``lib`` out of every other module.
 
 cffi releases the GIL around every C call, so the functions here run in
 parallel with other Python threads (compressors, readers, writers).
@@ -19,7 +27,8 @@ Buffer: TypeAlias = bytes | bytearray | memoryview | mmap.mmap
 #: (SHA-256, deflate, frames in memory) and none of the socket ones.
 HAS_NET: bool = bool(lib.OX_HAS_NET)
 
-__all__ = ["HAS_NET", "Buffer", "Sha256", "check_constants", "sha256", "ffi", "lib"]
+__all__ = ["HAS_NET", "Buffer", "ReadOffsets", "Sha256", "check_constants", "fanout_index",
+           "ffi", "lib", "pointer", "sha256", "writeback"]
 
 
 def check_constants(values: dict[str, int]) -> None:
@@ -71,3 +80,36 @@ def sha256(data: Buffer) -> bytes:
     if lib.ox_sha256(src, view.nbytes, out) != 0:
         raise RuntimeError("SHA-256 failed")
     return bytes(ffi.buffer(out))
+
+
+def pointer(buf: Buffer) -> object:
+    """A C pointer (``uint8_t *``) to the bytes of `buf`, for the network
+    wrappers' calls; it keeps `buf` exported (an mmap cannot be closed)
+    while it lives."""
+    return ffi.from_buffer("uint8_t[]", buf, require_writable=False)
+
+
+def writeback(fd: int, offset: int, length: int) -> None:
+    """Start writing back ``length`` bytes of `fd` from `offset` (Linux:
+    sync_file_range; a no-op elsewhere), so that a final fsync finds little
+    left to do. Advisory: errors are ignored."""
+    lib.ox_writeback(fd, offset, length)
+
+
+def fanout_index(mac: bytes, members: int) -> int:
+    """The member of a fanout group (or worker) that `mac`'s frames go to."""
+    return int(lib.ox_fanout_index(mac, members))
+
+
+class ReadOffsets:
+    """The due offsets of READ frames, reduced in C (``ox_read_offsets``,
+    the rule of :func:`oxboot.protocol.due_offsets`); one output buffer,
+    reused: not for several threads at once."""
+
+    def __init__(self) -> None:
+        self._out = ffi.new(f"uint64_t[{lib.OX_SLOTS + 1}]")
+
+    def __call__(self, frame: bytes) -> list[int] | None:
+        """The offsets `frame` asks for, or None if it is not a well-formed READ."""
+        n = lib.ox_read_offsets(frame, len(frame), self._out)
+        return None if n < 0 else ffi.unpack(self._out, n)

@@ -12,7 +12,7 @@ import tempfile
 from pathlib import Path
 from types import TracebackType
 
-from oxboot._native import lib
+from oxboot._native import writeback
 from oxboot.format import ImageError
 
 #: Start writeback every this many bytes, so the final fsync is short.
@@ -81,7 +81,7 @@ class AtomicFile:
             raise ImageError(f"cannot write {self.path}: {e.strerror}") from None
         if self._end - self._unsynced_from >= WRITEBACK_EVERY:
             # Let the disk work while we compute: the data is final.
-            lib.ox_writeback(self.fd, self._unsynced_from, self._end - self._unsynced_from)
+            writeback(self.fd, self._unsynced_from, self._end - self._unsynced_from)
             self._unsynced_from = self._end
 
     def sync(self) -> None:

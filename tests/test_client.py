@@ -6,7 +6,7 @@ import resource
 
 import pytest
 
-from oxboot.client import _prepared_ramdisk
+from oxboot.sled.ramdisk import prepared_ramdisk
 
 pytestmark = pytest.mark.net  # the sled emulator is Linux-only
 
@@ -21,8 +21,8 @@ def faults_touching(ram, start: int, end: int) -> int:  # an mmap
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
 
 
-def test_prepared_ramdisk_is_faulted_in_up_to_the_batch_past_the_data() -> None:
-    ram = _prepared_ramdisk(8 << 20, 3 * BATCH + 5)
+def testprepared_ramdisk_is_faulted_in_up_to_the_batch_past_the_data() -> None:
+    ram = prepared_ramdisk(8 << 20, 3 * BATCH + 5)
     assert ram is not None and len(ram) == 8 << 20
     try:
         # DATA lands on the first four batches: no page of them faults now...
@@ -34,9 +34,9 @@ def test_prepared_ramdisk_is_faulted_in_up_to_the_batch_past_the_data() -> None:
         ram.close()
 
 
-def test_prepared_ramdisk_sizes() -> None:
-    ram = _prepared_ramdisk(5000, 4096)  # the OS rounds the ramdisk up to pages
+def testprepared_ramdisk_sizes() -> None:
+    ram = prepared_ramdisk(5000, 4096)  # the OS rounds the ramdisk up to pages
     assert ram is not None and len(ram) == 8192
     ram.close()
-    assert _prepared_ramdisk(1 << 20, 0) is None  # no OS client accepts these
-    assert _prepared_ramdisk(1 << 20, (1 << 20) + 1) is None
+    assert prepared_ramdisk(1 << 20, 0) is None  # no OS client accepts these
+    assert prepared_ramdisk(1 << 20, (1 << 20) + 1) is None

@@ -20,9 +20,10 @@ import zlib
 
 import pytest
 import zlib_ng.zlib_ng as zlib_ng
-from cbuf import CBuf
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
+from support.cbuf import CBuf
+from support.data import MIB, encode, mixed, rand, text
 
 from oxboot._native import ffi, lib
 from oxboot.codec import (
@@ -36,7 +37,6 @@ from oxboot.codec import (
 )
 from oxboot.format import Codec, ImageError
 
-MIB = 1 << 20
 SIZE_MAX = (1 << 64) - 1
 SYNC = b"\x00\x00\xff\xff"
 LEVELS = range(1, 13)
@@ -91,30 +91,6 @@ def check_piece(p: bytes, data: bytes) -> None:
     assert d.decompress(p) == data
     assert not d.eof  # BFINAL was cleared
     assert d.unconsumed_tail == b""
-
-
-def text(n: int, seed: int = 1) -> bytes:
-    rng = random.Random(seed)
-    words = [bytes(rng.choices(b"abcdefghijklmnopqrstuvwxyz", k=rng.randint(1, 9)))
-             for _ in range(300)]
-    out = bytearray()
-    while len(out) < n:
-        out += rng.choice(words) + rng.choice([b" ", b" ", b", ", b".\n"])
-    return bytes(out[:n])
-
-
-def rand(n: int, seed: int = 2) -> bytes:
-    return random.Random(seed).randbytes(n)
-
-
-def mixed(n: int, seed: int = 3) -> bytes:
-    """Runs of zeros, text and noise, like a file system image."""
-    rng = random.Random(seed)
-    out = bytearray()
-    while len(out) < n:
-        k = rng.randint(1, 64 * 1024)
-        out += rng.choice([bytes(k), text(k, rng.randint(0, 99)), rng.randbytes(k)])
-    return bytes(out[:n])
 
 
 KINDS = {"zero": lambda n, seed=0: bytes(n), "text": text, "random": rand}
@@ -286,20 +262,6 @@ def test_property_any_bytes_any_cuts(data: bytes, cuts: list[int], level: int) -
 
 
 # ---- ParallelZlib -----------------------------------------------------------
-
-
-def encode(data: bytes, level: int = DEFAULT_ZLIB_LEVEL, threads: int = 1,
-           feed: int = MIB, block: int = BLOCK) -> bytes:
-    out: list[bytes] = []
-    enc = ParallelZlib(out.append, level, threads, block=block)
-    try:
-        view = memoryview(data)
-        for i in range(0, len(data), feed):
-            enc.feed(view[i:i + feed])
-        enc.finish()
-    finally:
-        enc.close()
-    return b"".join(bytes(b) for b in out)
 
 
 @pytest.fixture(scope="module")

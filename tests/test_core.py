@@ -16,43 +16,31 @@ import mmap
 import random
 import socket
 import struct
-import threading
 
 import pytest
-from cbuf import CBuf
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
+from support.cbuf import CBuf
+from support.frames import (
+    DATA_HLEN,
+    DST,
+    ETH_HLEN,
+    ETHERTYPE,
+    HDR_LEN,
+    MAGIC,
+    MAX_DATA,
+    MIN_PAYLOAD,
+    SRC,
+    T_DATA,
+    Receiver,
+    expected_frame,
+    image_bytes,
+    tx_offsets,
+)
 
 from oxboot._native import Sha256, ffi, lib, sha256
 
-ETHERTYPE = 0x1DE0
-MAGIC = 0x1DE12345
-T_DATA = 0x9104
-ETH_HLEN = 14
-HDR_LEN = 12
-DATA_HLEN = ETH_HLEN + HDR_LEN + 8  # 34
-MAX_DATA = 1468
-MIN_PAYLOAD = 26
 U64 = (1 << 64) - 1
-
-DST = bytes.fromhex("021122334455")
-SRC = bytes.fromhex("02aabbccddee")
-
-def image_bytes(size: int) -> bytes:
-    """Distinct non-zero bytes, so that misplaced copies and zero padding show."""
-    return bytes((i * 7 + 1) % 251 + 1 for i in range(size))
-
-
-def expected_frame(image: bytes, offset: int, chunk: int = 1024, dst: bytes = DST,
-                   src: bytes = SRC) -> bytes:
-    """The DATA frame for `offset`, built from PROTOCOL rules in pure Python."""
-    take = min(chunk, max(0, len(image) - offset))
-    payload = image[offset:offset + take]
-    if 0 < take < MIN_PAYLOAD:
-        payload += bytes(MIN_PAYLOAD - take)
-    return (dst + src + struct.pack(">H", ETHERTYPE)
-            + struct.pack(">III", MAGIC, T_DATA, 8 + len(payload))
-            + struct.pack(">Q", offset) + payload)
 
 
 def build(image: bytes | None, offset: int, chunk: int = 1024, cap: int | None = None,
@@ -450,24 +438,6 @@ def test_parse_hostile_len_fields(len_field: int, body: int, offset: int) -> Non
 # ---- ox_tx_data --------------------------------------------------------------
 
 
-class Receiver(threading.Thread):
-    """Collect `count` datagrams from `sock` on a thread of its own."""
-
-    def __init__(self, sock: socket.socket, count: int) -> None:
-        super().__init__(daemon=True)
-        self.sock = sock
-        self.count = count
-        self.frames: list[bytes] = []
-        self.error: BaseException | None = None
-
-    def run(self) -> None:
-        try:
-            while len(self.frames) < self.count:
-                self.frames.append(self.sock.recv(4096))
-        except BaseException as e:  # reported by the test
-            self.error = e
-
-
 def tx(image: bytes, offsets: list[int], method: int, chunk: int = 1024,
        blocking: bool = True) -> tuple[int, object, list[bytes]]:
     a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -490,23 +460,13 @@ def tx(image: bytes, offsets: list[int], method: int, chunk: int = 1024,
         b.close()
 
 
-def _tx_offsets(size: int, count: int = 300) -> list[int]:
-    # Every chunk of the image, then the end, past the end and odd offsets,
-    # out of order, with repeats: the batches are not just a sequential read.
-    offs = list(range(0, size, 1024))
-    offs += [size, size + 1, U64, size - 1, size - 25, size - 26, 1, 1023, 1025]
-    while len(offs) < count:
-        offs.append((len(offs) * 7919) % (size + 2048))
-    return offs[:count]
-
-
 @pytest.mark.net
 @pytest.mark.parametrize("method", ["OX_TX_SENDMMSG", "OX_TX_SEND"])
 @pytest.mark.parametrize("blocking", [True, False], ids=["blocking", "nonblocking"])
 def test_tx_data_frames_equal_built_frames(method: str, blocking: bool) -> None:
     size = 200 * 1024 + 300
     image = image_bytes(size)
-    offsets = _tx_offsets(size, 300)
+    offsets = tx_offsets(size, 300)
     assert len(offsets) == 300 > 256  # more than one batch
     n, stats, frames = tx(image, offsets, getattr(lib, method), blocking=blocking)
     assert n == 300
@@ -771,7 +731,7 @@ def test_receiver_above_the_unlimited_rate_never_flags(over: bool) -> None:
     blocked, as its help says. One source sends three bursts' worth at one
     instant: at UNLIMITED_READ_RATE it is flagged (over its rate), above it
     its frames over the rate are dropped but it is never flagged."""
-    from oxboot.receiver import READ_BURST, UNLIMITED_READ_RATE, Receiver
+    from oxboot.serve.receiver import READ_BURST, UNLIMITED_READ_RATE, Receiver
 
     a, b = _unix_pair()
     try:

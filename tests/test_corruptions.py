@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from conftest import SANITIZED, Run, command, one_line_error
+from support.cli import SANITIZED, Run, command, one_line_error
 
 from oxboot import build_image, extract_image, verify_image
 from oxboot.format import HEADER_SIZE, Codec, Header, ImageError

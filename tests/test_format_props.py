@@ -11,9 +11,9 @@ import zlib
 from pathlib import Path
 
 import pytest
-from conftest import one_line_error, run_cli
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
+from support.cli import one_line_error, run_cli
 
 from oxboot.format import HEADER_SIZE, MAGIC, Flags, Header, ImageError
 from oxboot.verify import read_header, verify_image

@@ -26,9 +26,9 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from cbuf import CBuf
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
+from support.cbuf import CBuf
 
 from oxboot._native import ffi, lib
 from oxboot.format import HEADER_SIZE, Header, ImageError

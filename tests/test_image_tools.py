@@ -23,7 +23,7 @@ from types import ModuleType, SimpleNamespace
 
 import pytest
 import zstandard
-from conftest import SANITIZED, Run, command, genraw, one_line_error, run_cli
+from support.cli import SANITIZED, Run, command, genraw, one_line_error, run_cli
 from zlib_ng import zlib_ng
 
 from oxboot import build_image, extract_image, read_header, verify_image
@@ -1263,12 +1263,12 @@ def test_server_and_lookimage_share_the_layout_rule(images: dict[str, Path], tmp
     """A file one byte short of, or one byte past, the data its header
     announces: the boot server refuses it in lookimage's words (one rule,
     format.check_layout), whatever the codec; but it serves the data of an
-    uncompressed image with a tail (test_netboot.py: the tail never)."""
+    uncompressed image with a tail (tests/netns/test_netboot.py: the tail never)."""
     from oxboot._native import HAS_NET
 
     if not HAS_NET:
         pytest.skip("the boot server needs the network core")
-    from oxboot.server import load_image
+    from oxboot.serve import load_image
 
     full = images[codec.value].read_bytes()
     img = tmp_path / "bad.img"

@@ -17,10 +17,10 @@ import threading
 import zlib
 
 import pytest
-from cbuf import CBuf
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_codec import MIB, encode, mixed
+from support.cbuf import CBuf
+from support.data import MIB, encode, mixed
 
 from oxboot import codec
 from oxboot._native import ffi, lib

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, SANITIZED
+from support.cli import ROOT, SANITIZED
 
 from oxboot.cli.main import COMMANDS
 from oxboot.link import TX_METHODS

@@ -20,7 +20,7 @@ import tarfile
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, SANITIZED, run_cli
+from support.cli import ROOT, SANITIZED, run_cli
 
 from oxboot import __version__
 

@@ -121,7 +121,7 @@ def test_default_read_rate_is_one_constant() -> None:
     assert build_parser().parse_args(["eth0", "x.img", "any"]).read_rate == rate
     assert inspect.signature(BootServer).parameters["read_rate"].default == rate
     try:
-        from oxboot.server import Server
+        from oxboot.serve import Server
     except ImportError:  # the portable build has no boot server
         pass
     else:

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import ROOT
+from support.cli import ROOT
 
 # Spelled in pieces so that this file does not match itself.
 _OUTSIDE = ("..", "/shared")

@@ -8,7 +8,7 @@ import zlib
 from pathlib import Path
 
 import pytest
-from conftest import VECTORS, VECTORS_TOOLING, genraw, one_line_error, run_cli, vector_manifest
+from support.cli import VECTORS, VECTORS_TOOLING, genraw, one_line_error, run_cli, vector_manifest
 
 from oxboot.format import HEADER_SIZE, Header
 

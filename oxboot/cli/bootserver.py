@@ -10,8 +10,8 @@ from oxboot.cli.common import Parser, UsageError, needs_network_core, run
 from oxboot.errors import LinkError
 from oxboot.link import TX_METHODS, parse_mac
 from oxboot.protocol import DEFAULT_READ_RATE
-from oxboot.receiver import UNLIMITED_READ_RATE
-from oxboot.server import DEFAULT_BUSY_POLL, EventLog, Server
+from oxboot.serve import DEFAULT_BUSY_POLL, EventLog, Server
+from oxboot.serve.receiver import UNLIMITED_READ_RATE
 
 
 def build_parser(prog: str = "bootserver") -> Parser:

@@ -7,10 +7,10 @@ import sys
 from collections.abc import Sequence
 
 from oxboot.cli.common import Parser, UsageError, emit_json, fail, needs_network_core, run
-from oxboot.client import RECEIVE_METHODS, netboot
 from oxboot.errors import LinkError
 from oxboot.progress import human
 from oxboot.protocol import ClientSession
+from oxboot.sled import RECEIVE_METHODS, netboot
 from oxboot.verify import read_header as image_header
 
 

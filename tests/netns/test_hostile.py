@@ -16,15 +16,19 @@ from pathlib import Path
 from typing import TypeVar
 
 import pytest
-import test_netboot
-from test_faults import clear_loss, finish, start_helper, start_netboot, stop_helper
-from test_netboot import (
-    _hold_data,
+from support.lab import (
+    FUZZ,
     bootserver,
+    clear_loss,
     events,
+    finish,
+    hold_data,
     netboot,
     raw_image,
     rawpeer,
+    start_helper,
+    start_netboot,
+    stop_helper,
     wait_listening,
 )
 
@@ -33,14 +37,8 @@ from oxboot.netlab import Host, Lab, sh, wait_for
 from oxboot.protocol import ETHERTYPE, encode_dataset
 from oxboot.verify import read_header
 
-# The network fixtures of test_netboot, found by pytest under these names.
-images = test_netboot.images
-lab = test_netboot.lab
-
 T = TypeVar("T")
 
-HERE = Path(__file__).resolve().parent
-FUZZ = HERE / "fuzz_frames.py"
 
 pytestmark = [pytest.mark.net, pytest.mark.skipif(
     os.geteuid() != 0 and os.environ.get("CI") != "true",
@@ -570,7 +568,7 @@ def test_hello_flood_does_not_evict_a_booting_sled(lab: Lab, images: dict,
     log = tmp_path / "server.log"
     server = bootserver(lab, srv, ["--json", srv.ifname, str(img), "any"], log)
     wait_listening(log)
-    _hold_data(sled, len(raw) // 2)  # keeps the boot running through the flood
+    hold_data(sled, len(raw) // 2)  # keeps the boot running through the flood
     save = tmp_path / "booting.raw"
     client = start_netboot(sled, img, save, 60)
     wait_for(lambda: any(e["event"] == "start" for e in events(log)), 30, "the boot to start")

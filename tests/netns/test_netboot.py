@@ -6,103 +6,32 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import command
+from support.cli import command
+from support.lab import (
+    bootserver,
+    clear_loss,
+    drop_data,
+    dropped_frames,
+    events,
+    hold_data,
+    netboot,
+    rawpeer,
+    wait_listening,
+)
 
-from oxboot import Codec, build_image
 from oxboot.link import af_xdp_unavailable
-from oxboot.netlab import Host, Lab, lingering_namespaces, sh, wait_for
-
-HERE = Path(__file__).resolve().parent
+from oxboot.netlab import Lab, sh, wait_for
 
 pytestmark = [pytest.mark.net, pytest.mark.skipif(
     os.geteuid() != 0 and os.environ.get("CI") != "true",
     reason="network namespaces need root (CI runs as root)",
 )]
-
-
-def raw_image(size: int, seed: int) -> bytes:
-    """Image-like data: random runs, zero runs and text, deterministic."""
-    rng = random.Random(seed)
-    out = bytearray()
-    while len(out) < size:
-        kind = rng.randrange(3)
-        n = rng.randrange(1, 64 * 1024)
-        out += rng.randbytes(n) if kind == 0 else bytes(n) if kind == 1 else \
-            (b"oxide ramdisk %d\n" % rng.randrange(1 << 30)) * (n // 24 + 1)
-    return bytes(out[:size])
-
-
-@pytest.fixture(scope="module")
-def images(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, bytes]]:
-    d = tmp_path_factory.mktemp("netimages")
-    out = {}
-    for name, size, seed, codec in (
-        ("plain", 2 << 20, 1, Codec.NONE),
-        ("zlib", 2 << 20, 2, Codec.ZLIB),
-        ("zstd", 2 << 20, 3, Codec.ZSTD),
-        ("other1", 1 << 20, 4, Codec.NONE),
-        ("other2", 3 << 20, 5, Codec.NONE),
-        ("small", 1 << 20, 6, Codec.NONE),
-        ("big", 24 << 20, 7, Codec.NONE),
-    ):
-        raw = raw_image(size, seed)
-        (d / f"{name}.raw").write_bytes(raw)
-        build_image(d / f"{name}.raw", d / f"{name}.img", codec=codec, target_size=64 << 20,
-                    image_name=name)
-        out[name] = (d / f"{name}.img", raw)
-    return out
-
-
-@pytest.fixture
-def lab():
-    lab = Lab()
-    try:
-        yield lab
-    finally:
-        lab.close()
-        assert lingering_namespaces() == []
-
-
-def bootserver(lab: Lab, host: Host, args: list[str], log: Path) -> subprocess.Popen[bytes]:
-    return lab.start(host, [*command("bootserver"), *args], log)
-
-
-def netboot(host: Host, image: Path, tmp: Path, *extra: str,
-            timeout: float = 60) -> tuple[int, dict, Path]:
-    save = tmp / f"saved-{host.ns}.raw"
-    p = subprocess.run(
-        host.cmd([*command("oxboot"), "netboot", host.ifname, "--want-image", str(image),
-                  "--save", str(save), "--json", "-t", str(timeout), *extra]),
-        capture_output=True, text=True, timeout=timeout + 30)
-    lines = [ln for ln in p.stdout.splitlines() if ln.startswith("{")]
-    assert lines, (p.stdout, p.stderr)
-    return p.returncode, json.loads(lines[-1]), save
-
-
-def events(log: Path) -> list[dict]:
-    return [json.loads(ln) for ln in log.read_text().splitlines() if ln.startswith("{")]
-
-
-def rawpeer(host: Host, script: list[dict], timeout: float = 30) -> dict:
-    env_py = sys.executable
-    p = subprocess.run(host.cmd([env_py, str(HERE / "rawpeer.py"), host.ifname,
-                                 json.dumps(script)]),
-                       capture_output=True, text=True, timeout=timeout)
-    assert p.returncode == 0, p.stderr
-    return json.loads(p.stdout)
-
-
-def wait_listening(log: Path) -> None:
-    wait_for(lambda: log.exists() and '"event": "image"' in log.read_text(), 30,
-             "the boot server to start")
 
 
 @pytest.mark.parametrize("extra", [[], ["--workers", "2"], ["--tx", "ring"], ["--tx", "send"],
@@ -232,45 +161,11 @@ def test_eight_sleds_on_a_bridge(lab: Lab, images: dict, tmp_path: Path, workers
         assert final["tx_methods"] == ["xdp"] * workers, final
 
 
-def _drop_at_ingress(host: Host, match: str) -> None:
-    """Drop, in the kernel at the host's ingress (nftables netdev hook), our
-    frames that `match` selects; the protocol type is at frame byte 18."""
-    rules = (
-        f"table netdev oxloss {{\n chain in {{\n"
-        f"  type filter hook ingress device {host.ifname} priority 0;\n"
-        f"  ether type 0x1de0 {match} counter drop\n }}\n}}\n"
-    )
-    subprocess.run(["ip", "netns", "exec", host.ns, "nft", "-f", "-"], input=rules,
-                   text=True, check=True, capture_output=True)
-
-
-def _drop_data(host: Host, percent: int, msg_type: int = 0x9104) -> None:
-    """Drop `percent`% of our frames of one type at the host's ingress."""
-    _drop_at_ingress(host, f"@ll,144,32 {msg_type:#x} numgen random mod 100 < {percent}")
-
-
-def _hold_data(host: Host, from_offset: int) -> None:
-    """Drop, at the host's ingress, every DATA at or past `from_offset` (an
-    image under 4 GiB: the low word of the offset, frame bytes 30..33), so a
-    boot gets that far and waits there, retransmitting its READs, until
-    :func:`_clear_loss`: mid-boot for as long as a test needs, on any machine."""
-    _drop_at_ingress(host, f"@ll,144,32 0x9104 @ll,240,32 >= {from_offset}")
-
-
-def _clear_loss(host: Host) -> None:
-    sh("ip", "netns", "exec", host.ns, "nft", "delete", "table", "netdev", "oxloss")
-
-
-def _dropped(host: Host) -> int:
-    out = sh("ip", "netns", "exec", host.ns, "nft", "list", "table", "netdev", "oxloss").stdout
-    return int(out.split("packets ")[1].split()[0])
-
-
 def test_boot_survives_5_percent_data_loss(lab: Lab, images: dict, tmp_path: Path,
                                            boot_times: Callable[[str], None]) -> None:
     srv, sled = lab.pair()
     img, raw = images["small"]
-    _drop_data(sled, 5)
+    drop_data(sled, 5)
     log = tmp_path / "server.log"
     bootserver(lab, srv, ["-s", "--json", srv.ifname, str(img), "any"], log)
     wait_listening(log)
@@ -278,9 +173,9 @@ def test_boot_survives_5_percent_data_loss(lab: Lab, images: dict, tmp_path: Pat
     status, result, saved = netboot(sled, img, tmp_path, timeout=120)
     assert status == 0 and result["verified"], result
     assert saved.read_bytes() == raw
-    assert _dropped(sled) > 0 and result["retransmits"] > 0
+    assert dropped_frames(sled) > 0 and result["retransmits"] > 0
     boot_times(f"5% DATA loss, 1 sled (-s): 1 MiB booted in {time.monotonic() - started:.1f} s, "
-               f"{result['retransmits']} retransmissions, {_dropped(sled)} frames dropped")
+               f"{result['retransmits']} retransmissions, {dropped_frames(sled)} frames dropped")
 
 
 def test_read_with_scattered_slots_is_served_in_full(lab: Lab, images: dict,
@@ -396,7 +291,7 @@ def test_server_restart_mid_boot(lab: Lab, images: dict, tmp_path: Path) -> None
     wait_listening(log1)
     # The second half of the image is held back (its DATA dropped) until the
     # server has been killed: really mid-boot, however fast or slow the machine.
-    _hold_data(sled, len(raw) // 2)
+    hold_data(sled, len(raw) // 2)
     save = tmp_path / "restart.raw"
     client = subprocess.Popen(
         sled.cmd([*command("oxboot"), "netboot", sled.ifname, "--want-image", str(img),
@@ -407,7 +302,7 @@ def test_server_restart_mid_boot(lab: Lab, images: dict, tmp_path: Path) -> None
     first.wait()
     assert client.poll() is None, "the boot was over before the server was killed"
     assert not any(e["event"] == "finished" for e in events(log1))
-    _clear_loss(sled)
+    clear_loss(sled)
     time.sleep(0.5)
     bootserver(lab, srv, ["--json", srv.ifname, str(img), "any"], log2)
     out, err = client.communicate(timeout=90)

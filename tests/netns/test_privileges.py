@@ -8,7 +8,6 @@ runner's own) is not. So these tests install the project, non-editable, into
 a venv of the system's /usr/bin/python3 outside /root, world-readable, built
 once and reused while the sources are unchanged (a stamp holds their hash).
 """
-# ruff: noqa: F811 - the fixtures imported from test_netboot are test arguments here
 
 from __future__ import annotations
 
@@ -24,8 +23,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, Run, one_line_error
-from test_netboot import events, images, lab, netboot  # noqa: F401
+from support.cli import ROOT, Run, one_line_error
+from support.lab import events, netboot
 
 from oxboot.netlab import Host, Lab, wait_for
 
@@ -47,7 +46,7 @@ CAP_NET_RAW = 13
 
 #: What the build reads: a change to any of these rebuilds the venv.
 _SOURCE_GLOBS = ("pyproject.toml", "setup.py", "csrc/*.c", "csrc/*.h", "csrc/*.py",
-                 "oxboot/*.py", "oxboot/cli/*.py")
+                 "oxboot/**/*.py")
 #: Copied for the build but not hashed: package metadata only (and absent
 #: from the sanitizer run's copy of the tree, which must reuse the venv).
 _EXTRA_FILES = ("README.md", "LICENSE", "MANIFEST.in")

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from oxboot._native import lib
+from oxboot._native import fanout_index
 from oxboot.link import RawLink
 
 #: READs a sled may have waiting on its worker. The OS client has one READ
@@ -199,7 +199,7 @@ class TxPool:
     def worker_for(self, mac: bytes) -> TxWorker:
         # The receive fanout's split (source MAC bytes 2..5), so that a
         # sled's DATA goes out on the worker whose socket gets its READs.
-        return self.workers[lib.ox_fanout_index(mac, len(self.workers))]
+        return self.workers[fanout_index(mac, len(self.workers))]
 
     def submit(self, job: Job) -> bool:
         return self.worker_for(job.dst).submit(job)

@@ -7,39 +7,34 @@ the run ("boot times under faults", see conftest.boot_times)."""
 
 from __future__ import annotations
 
-import json
 import os
-import select
 import shutil
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-import test_netboot
-from conftest import command
-from test_netboot import (
-    _drop_data,
-    _dropped,
-    _hold_data,
+from support.lab import (
     bootserver,
+    chain,
+    clear_loss,
+    drop_data,
+    dropped_frames,
     events,
+    finish,
+    has_event,
+    hold_data,
     netboot,
     raw_image,
+    start_helper,
+    start_netboot,
+    stop_helper,
     wait_listening,
 )
 
 from oxboot import build_image
-from oxboot.netlab import Host, Lab, sh, wait_for
-
-# The network fixtures of test_netboot, found by pytest under these names.
-images = test_netboot.images
-lab = test_netboot.lab
-
-HERE = Path(__file__).resolve().parent
-FUZZ = HERE / "fuzz_frames.py"
+from oxboot.netlab import Host, Lab, wait_for
 
 pytestmark = [pytest.mark.net, pytest.mark.skipif(
     os.geteuid() != 0 and os.environ.get("CI") != "true",
@@ -50,57 +45,6 @@ pytestmark = [pytest.mark.net, pytest.mark.skipif(
 # ---- helpers ------------------------------------------------------------------
 
 
-def start_netboot(host: Host, want: Path, save: Path, timeout: float) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        host.cmd([*command("oxboot"), "netboot", host.ifname, "--want-image", str(want),
-                  "--save", str(save), "--json", "-t", str(timeout)]),
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def finish(p: subprocess.Popen[str], timeout: float) -> tuple[int, dict, str]:
-    out, err = p.communicate(timeout=timeout)
-    lines = [ln for ln in out.splitlines() if ln.startswith("{")]
-    assert lines, (out, err)
-    return p.returncode, json.loads(lines[-1]), err
-
-
-def clear_loss(host: Host) -> None:
-    sh("ip", "netns", "exec", host.ns, "nft", "delete", "table", "netdev", "oxloss")
-
-
-def has_event(log: Path, kind: str, **fields: object) -> bool:
-    return any(e["event"] == kind and all(e.get(k) == v for k, v in fields.items())
-               for e in events(log))
-
-
-def start_helper(lab: Lab, host: Host, *args: str) -> subprocess.Popen[str]:
-    """fuzz_frames.py in `host`'s namespace; returns once it says ready."""
-    p = subprocess.Popen(host.cmd([sys.executable, str(FUZZ), *args]), stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True, start_new_session=True)
-    lab.procs.append(p)  # type: ignore[arg-type]
-    ready, _, _ = select.select([p.stderr], [], [], 20)
-    line = p.stderr.readline() if ready else ""  # type: ignore[union-attr]
-    assert line.strip() == "ready", (line, p.poll())
-    return p
-
-
-def stop_helper(p: subprocess.Popen[str]) -> dict:
-    p.terminate()
-    out, err = p.communicate(timeout=30)
-    assert out.strip(), err
-    return json.loads(out.strip().splitlines()[-1])
-
-
-def chain(lab: Lab) -> tuple[Host, Host, Host, Host]:
-    """server -- (a) middlebox (b) -- sled: two veth pairs, the middle ends
-    in one namespace."""
-    srv, a = lab.pair()
-    b, sled = lab.pair()
-    sh("ip", "-n", b.ns, "link", "set", b.ifname, "netns", a.ns)
-    sh("ip", "-n", a.ns, "link", "set", b.ifname, "up")
-    return srv, a, Host(a.ns, b.ifname), sled
-
-
 # ---- random loss ----------------------------------------------------------------
 
 
@@ -109,7 +53,7 @@ def test_boot_survives_random_data_loss(lab: Lab, images: dict, tmp_path: Path,
                                         percent: int, boot_times: Callable[[str], None]) -> None:
     srv, sled = lab.pair()
     img, raw = images["small"]  # 1 MiB: each lost DATA stalls its batch for ~1 s
-    _drop_data(sled, percent)
+    drop_data(sled, percent)
     log = tmp_path / "server.log"
     server = bootserver(lab, srv, ["-s", "--json", srv.ifname, str(img), "any"], log)
     wait_listening(log)
@@ -118,7 +62,7 @@ def test_boot_survives_random_data_loss(lab: Lab, images: dict, tmp_path: Path,
     took = time.monotonic() - started
     assert status == 0 and result["verified"], result
     assert saved.read_bytes() == raw
-    dropped = _dropped(sled)
+    dropped = dropped_frames(sled)
     assert dropped > 0 and result["retransmits"] > 0
     assert server.wait(10) == 0
     boot_times(f"{percent}% DATA loss, 1 sled: 1 MiB booted in {took:.1f} s "
@@ -131,7 +75,7 @@ def test_boot_survives_read_loss(lab: Lab, images: dict, tmp_path: Path,
     srv, sled = lab.pair()
     # 24 MiB: 192 batches, so a 5% READ loss certainly hits some of them.
     img, raw = images["big"]
-    _drop_data(srv, 5, msg_type=0x9003)  # at the SERVER's ingress
+    drop_data(srv, 5, msg_type=0x9003)  # at the SERVER's ingress
     log = tmp_path / "server.log"
     server = bootserver(lab, srv, ["-s", "--json", srv.ifname, str(img), "any"], log)
     wait_listening(log)
@@ -140,7 +84,7 @@ def test_boot_survives_read_loss(lab: Lab, images: dict, tmp_path: Path,
     took = time.monotonic() - started
     assert status == 0 and result["verified"], result
     assert saved.read_bytes() == raw
-    dropped = _dropped(srv)
+    dropped = dropped_frames(srv)
     assert dropped > 0 and result["retransmits"] > 0
     assert server.wait(10) == 0
     boot_times(f"5% READ loss, 1 sled: 24 MiB booted in {took:.1f} s, {dropped} READs "
@@ -172,10 +116,10 @@ def test_eight_sleds_with_loss(lab: Lab, images: dict, image_4m: tuple[Path, byt
     if kind == "DATA":
         img, raw = images["small"]  # 1 MiB, the smallest the client takes
         for sled in sleds:
-            _drop_data(sled, percent)
+            drop_data(sled, percent)
     else:
         img, raw = image_4m
-        _drop_data(srv, percent, msg_type=0x9003)
+        drop_data(srv, percent, msg_type=0x9003)
     log = tmp_path / "server.log"
     bootserver(lab, srv, ["--json", srv.ifname, str(img), "any"], log)
     wait_listening(log)
@@ -188,11 +132,11 @@ def test_eight_sleds_with_loss(lab: Lab, images: dict, image_4m: tuple[Path, byt
         assert status == 0 and result["verified"], (result, err)
         assert (tmp_path / f"{sled.ns}.raw").read_bytes() == raw
         if kind == "DATA":
-            assert _dropped(sled) > 0
+            assert dropped_frames(sled) > 0
         times.append(result["total_seconds"])
         retransmits += result["retransmits"]
     took = time.monotonic() - started
-    dropped = sum(_dropped(s) for s in sleds) if kind == "DATA" else _dropped(srv)
+    dropped = sum(dropped_frames(s) for s in sleds) if kind == "DATA" else dropped_frames(srv)
     assert dropped > 0 and retransmits > 0
     finished = {e["mac"] for e in events(log) if e["event"] == "finished"}
     assert finished == {s.mac() for s in sleds}
@@ -238,7 +182,7 @@ def _kill_mid_boot(lab: Lab, srv: Host, sled: Host, want: Path, server_args: lis
                    tmp_path: Path) -> tuple[subprocess.Popen[str], Path]:
     """Start a slow boot (5% DATA loss on 24 MiB takes minutes), kill -9 the
     server once the transfer runs, lift the loss; returns the running client."""
-    _drop_data(sled, 5)
+    drop_data(sled, 5)
     log1 = tmp_path / "s1.log"
     first = bootserver(lab, srv, ["--json", *server_args], log1)
     wait_listening(log1)
@@ -253,7 +197,7 @@ def _kill_mid_boot(lab: Lab, srv: Host, sled: Host, want: Path, server_args: lis
     # Really mid-transfer: the sled is still at it and nothing finished.
     assert client.poll() is None
     assert not has_event(log1, "finished")
-    assert _dropped(sled) > 0
+    assert dropped_frames(sled) > 0
     clear_loss(sled)
     return client, save
 
@@ -305,7 +249,7 @@ def _slow_boot(sled: Host, want: Path, size: int, tmp_path: Path,
     """A boot held mid-transfer: the DATA of the image's second half is
     dropped until :func:`_finish_slow_boot`. Returns once the server has
     seen it ask for the second half (the first is on its way or there)."""
-    _hold_data(sled, size // 2)
+    hold_data(sled, size // 2)
     save = tmp_path / f"running-{sled.ns}.raw"
     client = start_netboot(sled, want, save, 90)
     wait_for(lambda: has_event(log, "start", mac=sled.mac()), 30, "the boot to start")

@@ -2,7 +2,7 @@
 MAX_PENDING READs waiting gets the rest dropped and counted
 (tx_dropped_jobs), while other sleds keep their turns. Unit tests on a
 fake link, then the boot server's own counters over a real veth."""
-# ruff: noqa: F811 - the fixtures imported from test_netboot are test arguments here
+
 
 from __future__ import annotations
 
@@ -13,11 +13,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from test_netboot import bootserver, events, images, lab, rawpeer, wait_listening  # noqa: F401
+from support.lab import bootserver, events, rawpeer, wait_listening
 
-from oxboot import txworkers
 from oxboot.netlab import Lab, wait_for
-from oxboot.txworkers import MAX_PENDING, Job, TxPool, TxWorker
+from oxboot.serve import txworkers
+from oxboot.serve.txworkers import MAX_PENDING, Job, TxPool, TxWorker
 
 pytestmark = pytest.mark.net
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from oxboot._native import ffi, lib
 from oxboot.errors import BootError
 from oxboot.link import MAX_BLOCKED, RawLink
-from oxboot.txworkers import TxWorker
+from oxboot.serve.txworkers import TxWorker
 
 #: Sessions whose READs the C core answers without Python, per receiver.
 FAST_SESSIONS = 4096

@@ -1,63 +1,45 @@
-"""The boot server's I/O loop: images, a raw socket and the sans-I/O
-:class:`~oxboot.protocol.BootServer` that decides what to send.
+"""The boot server's loop: a raw socket, the C receive loops, and the
+sans-I/O :class:`~oxboot.protocol.BootServer` that decides what to send.
 
-Uncompressed images are served straight from a read-only mmap of the file;
-compressed ones (zlib, zstd) are inflated once into an unlinked temporary
-file and served from its mapping. Every image is verified (SHA-256) before
-it is first offered. A session keeps the mapping it started with, so an
-image replaced on disk never mixes two versions within one boot; the next
-HELLO sees the new file.
+This module only moves frames and carries out the protocol's actions; the
+images and their versions (:mod:`.images`), the event log (:mod:`.events`),
+the block policy (:mod:`.policy`) and the counters (:mod:`.stats`) are each
+their own module.
 """
 
 from __future__ import annotations
 
-import json
-import mmap
 import os
-import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import TextIO
 
-from oxboot._native import ffi, lib
+from oxboot._native import ReadOffsets, fanout_index
 from oxboot.errors import BootError
-from oxboot.format import (
-    HEADER_SIZE,
-    Header,
-    ImageError,
-    Warn,
-    check_header,
-    check_layout,
-    header_warnings,
-)
-from oxboot.link import MAX_BLOCKED, RawLink, image_mac, mac_str
+from oxboot.link import RawLink, image_mac, mac_str
 from oxboot.privileges import drop_privileges
 from oxboot.progress import human
 from oxboot.protocol import (
     CHUNK,
     DEFAULT_READ_RATE,
-    SLOTS,
+    U64_MAX,
     BootServer,
     Ignored,
     MsgType,
-    Offer,
     SendOffer,
     SendReset,
     ServeData,
     SessionFinished,
     SessionStarted,
-    encode_dataset,
 )
-from oxboot.receiver import POLICE_FIELDS, READ_BURST, TOTAL_FIELDS, Receiver
-from oxboot.txworkers import Job, TxPool
-from oxboot.verify import copy_data
+from oxboot.serve.events import EventLog
+from oxboot.serve.images import ImageStore, ServedImage
+from oxboot.serve.policy import BlockPolicy
+from oxboot.serve.receiver import READ_BURST, Receiver
+from oxboot.serve.stats import RxTotals, SledState, progress_row, server_stats
+from oxboot.serve.txworkers import Job, TxPool
 
 _READ_TYPE = int(MsgType.READ).to_bytes(4, "big")
-_U64_MAX = (1 << 64) - 1
 
 #: Transmit workers by default. One, sending from the receive loop itself:
 #: measured on a 2-core machine (BENCHMARKS.md), a second worker thread
@@ -74,143 +56,9 @@ DEFAULT_BUSY_POLL = 0.001
 #: per drain, the protocol layer once per frame).
 PROTOCOL_RATE_MARGIN = 1.25
 
-# A host the policer flags as flooding has its frames dropped by the kernel
-# for BLOCK_SECONDS, doubled for each repeat up to BLOCK_MAX_SECONDS: it then
-# costs the server nothing, while an OS client (one READ per 128 KiB batch)
-# is never flagged. Short enough that a spoofed MAC is not shut out for long.
-BLOCK_SECONDS = 2.0
 #: How often receive threads other than the main loop copy their C counters
 #: for the stats (which the main loop reports each second).
 SNAPSHOT_SECONDS = 0.1
-BLOCK_MAX_SECONDS = 64.0
-STRIKES_KEPT = 4096  # offenders remembered for the doubling
-
-
-@dataclass(eq=False)
-class ServedImage:
-    """One version of an image file, mapped and verified, ready to serve."""
-
-    path: Path
-    header: Header
-    size: int
-    stamp: tuple[int, int, int, int]  # dev, inode, size, mtime: "same file?"
-    _map: mmap.mmap  # the private copy's mapping: keeps `ptr` valid
-    ptr: object = field(repr=False)  # cffi uint8_t* to the raw image
-
-    @property
-    def offer(self) -> Offer:
-        h = self.header
-        return Offer(h.target_size, h.image_size, h.sha256, encode_dataset(h.dataset))
-
-    @property
-    def name(self) -> str:
-        return self.header.image_name or self.path.name
-
-
-def _stamp(st: os.stat_result) -> tuple[int, int, int, int]:
-    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
-
-
-def load_image(path: str | os.PathLike[str], scratch: str | None = None) -> ServedImage:
-    """Read, check and verify an image for serving (see module docstring).
-
-    The raw image is copied into an unlinked file of our own (in `scratch`,
-    default /var/tmp) while it is hashed, and served from a mapping of that
-    copy: sessions never see a file that is rewritten, truncated or deleted
-    under them, and memory stays page cache, not heap, whatever the size.
-    """
-    path = Path(path)
-    try:
-        f = open(path, "rb")  # closed below
-    except OSError as e:
-        raise ImageError(f"{path}: {e.strerror}") from None
-    with f:
-        st = os.fstat(f.fileno())
-        header = Header.parse(f.read(HEADER_SIZE))
-        check_header(header)
-        try:
-            check_layout(header, st.st_size, raw_tail=True)
-        except ImageError as e:
-            raise ImageError(f"{path}: {e}") from None
-        scratch = scratch or os.environ.get("OXBOOT_SCRATCH") or "/var/tmp"
-        with tempfile.TemporaryFile(dir=scratch, prefix="oxboot-serve-") as tmp:
-            # Only image_size bytes are ever copied: a longer file's tail is
-            # never served.
-            try:
-                copy_data(f, header, _FileSink(tmp.fileno()))
-            except ImageError as e:
-                raise ImageError(f"{path}: {e}") from None
-            except OSError as e:
-                raise ImageError(f"{path}: {e.strerror}") from None
-            mm = mmap.mmap(tmp.fileno(), header.image_size, prot=mmap.PROT_READ)
-    mm.madvise(mmap.MADV_WILLNEED)
-    ptr = ffi.from_buffer("uint8_t[]", mm, require_writable=False)
-    return ServedImage(path, header, header.image_size, _stamp(st), mm, ptr)
-
-
-class _FileSink:
-    def __init__(self, fd: int) -> None:
-        self.fd = fd
-
-    def write_all(self, data: bytes | bytearray | memoryview) -> None:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(self.fd, view):]
-
-
-def netboot_warnings(image: ServedImage) -> list[str]:
-    return [f"{image.path}: {note}"
-            for note in header_warnings(image.header, Warn.NETBOOT | Warn.OFFER)]
-
-
-class EventLog:
-    """One line per event on stdout (text or JSON), progress on a tty."""
-
-    def __init__(self, json_mode: bool = False, stream: TextIO | None = None,
-                 progress: bool | None = None) -> None:
-        self.json = json_mode
-        self.stream = stream if stream is not None else sys.stdout
-        self.progress = (not json_mode and sys.stderr.isatty()) if progress is None else progress
-
-    _shown = 0  # progress lines on screen below the log
-
-    def show_progress(self, rows: list[str]) -> None:
-        """A table of sleds below the log, redrawn in place once a second."""
-        out = ["\x1b[1A\x1b[2K"] * self._shown  # erase the previous table
-        limit = 16
-        lines = rows[:limit] + ([f"... and {len(rows) - limit} more sleds"]
-                                if len(rows) > limit else [])
-        out += [f"\r\x1b[2K{line}\n" for line in lines]
-        self._shown = len(lines)
-        sys.stderr.write("".join(out))
-        sys.stderr.flush()
-
-    def event(self, kind: str, text: str, **fields: object) -> None:
-        if self.json:
-            line = json.dumps({"event": kind, "time": round(time.time(), 3), **fields},
-                              sort_keys=True)
-        else:
-            line = f"{time.strftime('%H:%M:%S')} {kind}: {text}"
-        if self.progress and self._shown:
-            # Events scroll above the progress table: clear it, log, and let
-            # the next tick draw it again.
-            sys.stderr.write("\x1b[1A\x1b[2K" * self._shown)
-            sys.stderr.flush()
-            self._shown = 0
-        self.stream.write(line + "\n")
-        self.stream.flush()
-
-
-@dataclass
-class SledState:
-    """What the I/O layer keeps per sled: the image version it boots."""
-
-    image: ServedImage
-    index: int
-    started: float
-    frames: int = 0
-    bytes: int = 0
-    high: int = 0
 
 
 class Server:
@@ -225,20 +73,11 @@ class Server:
                  fast_path: bool = True,
                  on_ready: Callable[[Server], None] | None = None) -> None:
         self.log = log or EventLog()
-        self.paths = [Path(p) for p in images]
-        if not self.paths:
-            raise ImageError("no image to serve")
-        self.scratch = scratch
-        loaded: list[ServedImage] = []
-        for p in self.paths:
-            img = load_image(p, scratch)  # raises if it cannot be served
-            for note in netboot_warnings(img):
-                self.log.event("warning", note, message=note)
-            loaded.append(img)
-        # None: an image that became unservable since (see _image_error).
-        self.images: list[ServedImage | None] = list(loaded)
+        self.store = ImageStore(images, scratch, self.log, strict=once,
+                                on_new_version=self._new_version)
+        loaded = self.store.loaded
         self.link = RawLink(link, [])
-        self.macs = [image_mac(self.link.mac, i) for i in range(len(self.paths))]
+        self.macs = [image_mac(self.link.mac, i) for i in range(len(self.store))]
         for mac in self.macs[1:]:
             self.link.add_unicast(mac)
         n_workers = workers or DEFAULT_WORKERS
@@ -283,20 +122,17 @@ class Server:
         self._failure: BaseException | None = None
         self._threads: list[threading.Thread] = []
         self._got_hello = False
-        self.blocked: dict[bytes, float] = {}  # MAC -> when the kernel lets it in again
-        self._strikes: dict[bytes, int] = {}  # times each recent offender was blocked
-        self.blocks = 0
+        self.policy = BlockPolicy()
         self.once = once
         self.busy_poll = busy_poll
         self.hello_timeout = hello_timeout
         self.sleds: dict[bytes, SledState] = {}
         self.finished = 0
-        self.errors = 0
+        self.errors = 0  # transmit errors (the store counts the images')
         self.on_ready = on_ready
         self._offered: dict[tuple[bytes, int], ServedImage] = {}
-        self._offsets = ffi.new(f"uint64_t[{SLOTS + 1}]")
-        self._rx_packets = self._rx_drops = 0
-        self._unreadable: dict[int, bool] = {}
+        self._read_offsets = ReadOffsets()
+        self._rx_totals = RxTotals()
         self._stop = False
         methods = [w.link.tx_method for w in self.pool.workers]
         fallbacks = sorted({w.link.tx_fallback for w in self.pool.workers} - {""})
@@ -312,47 +148,10 @@ class Server:
 
     # ---- image versions ---------------------------------------------------
 
-    def _refresh(self, index: int) -> ServedImage | None:
-        """Re-open image `index` if the file changed since it was loaded."""
-        path = self.paths[index]
-        current = self.images[index]
-        try:
-            st = path.stat()
-        except PermissionError:
-            # After --user the path may be out of reach: keep serving the
-            # verified copy we have (changes cannot be seen; warn once).
-            if current is not None and not self._unreadable.get(index):
-                self._unreadable[index] = True
-                self.log.event("warning", f"{path}: cannot check it for changes as this user "
-                               "(permission denied); serving the copy loaded at start-up",
-                               image=str(path))
-            return current
-        except OSError as e:
-            self._image_error(index, f"{path}: {e.strerror}")
-            return None
-        if current is not None and _stamp(st) == current.stamp:
-            return current
-        try:
-            img = load_image(path, self.scratch)
-        except (ImageError, OSError, ValueError) as e:
-            self._image_error(index, str(e))
-            return None
-        self.images[index] = img
-        proto_images = list(self.proto.images)
-        proto_images[index] = img.offer
-        self.proto.images = tuple(proto_images)
-        self.log.event("reload", f"{path} changed on disk; new version loaded",
-                       image=str(path), sha256=img.header.sha256.hex())
-        return img
-
-    def _image_error(self, index: int, message: str) -> None:
-        if self.images[index] is not None:
-            self.log.event("error", f"cannot serve {message}", image=str(self.paths[index]),
-                           message=message)
-        self.images[index] = None
-        self.errors += 1
-        if self.once:
-            raise ImageError(message)
+    def _new_version(self, index: int, img: ServedImage) -> None:
+        # Only after start-up: the protocol layer is made from the first ones.
+        if hasattr(self, "proto"):
+            self.proto.replace_offer(index, img.offer)
 
     # ---- the loop ---------------------------------------------------------
 
@@ -473,7 +272,7 @@ class Server:
 
     def receiver_for(self, mac: bytes) -> Receiver:
         """The receiver (and worker) whose socket gets `mac`'s frames."""
-        return self.receivers[lib.ox_fanout_index(mac, len(self.receivers))]
+        return self.receivers[fanout_index(mac, len(self.receivers))]
 
     def _forget_sled(self, mac: bytes, keep_queue: bool = False) -> SledState | None:
         """The sled's session is over here: no more DATA from its state."""
@@ -501,10 +300,8 @@ class Server:
         fast = rx.progress(mac)
         if fast is None:
             return 0
-        session = self.proto.sessions.get(mac)
-        if session is not None and fast.last_seen:
-            session.last_seen = max(session.last_seen, fast.last_seen)
-            session.high_water = max(session.high_water, fast.high)
+        if fast.last_seen:
+            self.proto.note_progress(mac, fast.last_seen, fast.high)
         sled = self.sleds.get(mac)
         if sled is not None:
             sled.high = max(sled.high, min(fast.high, sled.image.size))
@@ -513,13 +310,7 @@ class Server:
     def _block(self, flagged: list[bytes], now: float) -> None:
         """Have the kernel drop the frames of the hosts the policer flagged."""
         for mac in flagged:
-            strikes = self._strikes.pop(mac, 0) + 1
-            self._strikes[mac] = strikes  # most recent last
-            if len(self._strikes) > STRIKES_KEPT:
-                del self._strikes[next(iter(self._strikes))]
-            secs = min(BLOCK_SECONDS * 2 ** (strikes - 1), BLOCK_MAX_SECONDS)
-            self.blocked[mac] = now + secs
-            self.blocks += 1
+            secs, strikes = self.policy.block(mac, now)
             # Its queued DATA jobs go too: the flood is over for this host.
             self._forget_sled(mac)
             self.log.event("blocked", f"{mac_str(mac)} floods (over {self._read_rate:g} "
@@ -528,15 +319,11 @@ class Server:
         self._apply_blocklist(now)
 
     def _apply_blocklist(self, now: float) -> None:
-        for mac in [m for m, until in self.blocked.items() if until <= now]:
-            del self.blocked[mac]
+        for mac in self.policy.release(now):
             self.log.event("unblocked", f"{mac_str(mac)} unblocked", mac=mac_str(mac))
-        # The most recent offenders if there are more than one filter holds
-        # (the rest are still policed per frame in C).
-        latest = sorted(self.blocked, key=self.blocked.__getitem__)[-MAX_BLOCKED:]
         try:
             for r in self.receivers:
-                r.link.block_sources(latest)
+                r.link.block_sources(self.policy.filter_list())
         except OSError as e:
             self.log.event("error", str(e), message=str(e))
 
@@ -544,10 +331,9 @@ class Server:
         # READs are nearly all the traffic: the C core reduces them to their
         # due offsets; every other frame is parsed in Python.
         if buf[18:22] == _READ_TYPE:
-            n = lib.ox_read_offsets(buf, len(buf), self._offsets)
-            if n >= 0:
-                return self.proto.receive_read(buf[6:12], buf[0:6],
-                                               ffi.unpack(self._offsets, n), now)
+            offsets = self._read_offsets(buf)
+            if offsets is not None:
+                return self.proto.receive_read(buf[6:12], buf[0:6], offsets, now)
         return self.proto.receive_bytes(buf, now)
 
     def _act(self, action: object, now: float, rx: Receiver) -> bool:
@@ -557,7 +343,7 @@ class Server:
             case ServeData(dst=dst, src=src, image=index, offsets=offsets):
                 sled = self.sleds.get(dst)
                 if sled is None:  # resumed after a restart: the current version
-                    img = self.images[index]
+                    img = self.store.images[index]
                     if img is None:
                         rx.link.send(SendReset(dst, src).frame().pack())
                         return False
@@ -570,11 +356,11 @@ class Server:
                 if rx.fast and dst not in rx.fast_macs and src == self.macs[sled.index]:
                     # From now on its READs are answered in C.
                     session = self.proto.sessions.get(dst)
-                    high = min(session.high_water if session is not None else 0, _U64_MAX)
+                    high = min(session.high_water if session is not None else 0, U64_MAX)
                     rx.serve(dst, src, img.ptr, img.size, high)
                 return False
             case SendOffer(dst=dst, src=src, image=index):
-                img = self._refresh(index)
+                img = self.store.current(index)
                 if img is None:
                     return True
                 rx.link.send(SendOffer(dst, src, index, img.offer).frame().pack())
@@ -592,7 +378,7 @@ class Server:
                                mac=mac_str(dst))
             case SessionStarted(mac=mac, image=index):
                 sled = self._offered.pop((mac, index), None)
-                img = sled or self.images[index]
+                img = sled or self.store.images[index]
                 if img is not None:
                     self.sleds[mac] = SledState(img, index, now)
                     self.log.event("start", f"{mac_str(mac)} is booting {img.name}",
@@ -617,39 +403,10 @@ class Server:
                 pass
         return False
 
-
     def stats(self) -> dict[str, object]:
         """Counters for monitoring and benchmarks (JSON-ready)."""
-        t = os.times()
-        for r in self.receivers:
-            packets, drops = r.rx_stats()
-            self._rx_packets += packets
-            self._rx_drops += drops
-        police = {k: sum(r.police_counts[k] for r in self.receivers) for k in POLICE_FIELDS}
-        fast = {k: sum(r.totals[k] for r in self.receivers) for k in TOTAL_FIELDS}
-        counters = dict(self.proto.counters)
-        # READs answered in C count as the protocol layer would have.
-        for key in ("reads", "offsets", "retransmits"):
-            counters[key] = counters.get(key, 0) + fast[key]
-        counters["frames"] = counters.get("frames", 0) + fast["reads"]
-        tx = self.pool.totals()
-        for key in ("frames", "bytes", "syscalls", "errors"):
-            tx[f"tx_{key}"] += fast[key]
-        tx["tx_jobs"] += fast["reads"]
-        return {**counters, "sessions_created": counters.get("sessions", 0),
-                "rx_packets": self._rx_packets, "rx_drops": self._rx_drops,
-                "rx_policed": police["policed"], "rx_foreign": police["foreign"],
-                "rx_accepted": police["accepted"],
-                "sources_blocked": self.blocks, "blocked_now": len(self.blocked),
-                "rx_served_in_c": police["served"],
-                "rx_served_per_worker": [r.police_counts["served"] for r in self.receivers],
-                **tx, "workers": len(self.pool.workers),
-                "tx_methods": [w.link.tx_method for w in self.pool.workers],
-                "cpu_user": t.user,
-                "cpu_system": t.system,
-                # Live values last: the protocol's counters of the same names
-                # count events, these are states.
-                "sessions": len(self.proto.sessions), "finished": self.finished}
+        return server_stats(self.proto, self.receivers, self.pool, self._rx_totals,
+                            self.policy, self.finished)
 
     def _tick(self, now: float) -> None:
         if self.log.json:
@@ -660,7 +417,7 @@ class Server:
             if self.once:
                 raise BootError(f"transmit failed: {message}")
         self.proto.expire(now)
-        if any(until <= now for until in self.blocked.values()):
+        if self.policy.due(now):
             self._apply_blocklist(now)
         for key in [k for k in self._offered if k[0] not in self.proto.sessions]:
             del self._offered[key]
@@ -669,16 +426,10 @@ class Server:
             if mac not in self.proto.sessions:
                 self._forget_sled(mac)
                 continue
-            secs = max(now - sled.started, 1e-6)
-            done = sled.high
-            rate = done / secs
-            pct = 100.0 * done / sled.image.size
-            eta = (sled.image.size - done) / rate if rate else 0.0
+            progress = sled.progress(mac, now)
             if self.log.json:
-                self.log.event("progress", "", mac=mac_str(mac), image=str(sled.image.path),
-                               percent=round(pct, 1), mbps=round(rate / 1e6, 2),
-                               eta=round(eta, 1))
-            rows.append(f"{mac_str(mac)}  {sled.image.name[:24]:<24} {pct:5.1f}%  "
-                        f"{rate / 1e6:7.1f} MB/s  ETA {eta:4.0f} s")
+                self.log.event("progress", "", **{k: v for k, v in progress.items()
+                                                  if k != "name"})
+            rows.append(progress_row(progress))
         if self.log.progress:
             self.log.show_progress(rows)

@@ -17,8 +17,8 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from cbuf import CBuf
-from test_core import DST, SRC, Receiver, _tx_offsets, expected_frame, image_bytes
+from support.cbuf import CBuf
+from support.frames import DST, SRC, Receiver, expected_frame, image_bytes, tx_offsets
 
 from oxboot._native import ffi, lib
 from oxboot.link import af_xdp_unavailable
@@ -109,7 +109,7 @@ def test_xsk_frames_equal_sendmmsg_frames(veth: tuple[Host, Host]) -> None:
     srv, peer_host = veth
     size = 200 * 1024 + 300
     image = image_bytes(size)
-    offsets = _tx_offsets(size, 300)  # every chunk, the end, past it, odd offsets, repeats
+    offsets = tx_offsets(size, 300)  # every chunk, the end, past it, odd offsets, repeats
     peer = _peer_socket(peer_host)
     x = _open_xsk(srv)
     try:

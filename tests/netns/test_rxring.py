@@ -66,12 +66,15 @@ for line in sys.stdin:
     others, calls = [], 0
     while busy_count[0] and calls < 200:
         calls += 1
-        args = (mac, server, ram, size, offsets, busy, busy_count, other, 2048, other_len,
-                1 << 20, 200, st)
+        args = ffi.new("ox_rx_args *", {
+            "self_mac": ffi.from_buffer(mac), "server": ffi.from_buffer(server),
+            "ram": ram, "ram_len": size,
+            "slot_offsets": offsets, "slot_busy": busy, "busy_count": busy_count,
+            "other": other, "other_cap": 2048, "other_len": other_len, "stats": st})
         if ring != ffi.NULL:
-            n = lib.ox_rxring_data_wait(ring, *args, ffi.NULL)
+            n = lib.ox_rxring_data_wait(ring, args, 1 << 20, 200, ffi.NULL)
         else:
-            n = lib.ox_rx_data_wait(s.fileno(), *args)
+            n = lib.ox_rx_data_wait(s.fileno(), args, 1 << 20, 200)
         assert n >= 0, ffi.errno
         if other_len[0]:
             others.append(ffi.buffer(other, other_len[0])[:].hex())
@@ -213,8 +216,12 @@ print("armed", flush=True)
 calls = 0
 while busy_count[0] and calls < 100:
     calls += 1
-    n = lib.ox_rxring_data_wait(ring, mac, server, ram, size, offsets, busy, busy_count,
-                                other, 2048, other_len, 1 << 20, 200, st, nxt)
+    args = ffi.new("ox_rx_args *", {
+        "self_mac": ffi.from_buffer(mac), "server": ffi.from_buffer(server),
+            "ram": ram, "ram_len": size,
+        "slot_offsets": offsets, "slot_busy": busy, "busy_count": busy_count,
+        "other": other, "other_cap": 2048, "other_len": other_len, "stats": st})
+    n = lib.ox_rxring_data_wait(ring, args, 1 << 20, 200, nxt)
     assert n >= 0 and other_len[0] == 0
 done = time.monotonic()
 print(json.dumps({

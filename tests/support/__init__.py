@@ -1,0 +1,1 @@
+"""What the test files share (they do not import each other)."""
