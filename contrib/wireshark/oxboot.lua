@@ -11,7 +11,7 @@
 -- disagrees with its slots, a DATA of 1 to 25 bytes (padded to 60 bytes on
 -- the wire, which makes the OS client panic).
 --
--- Install (Wireshark 3.x or 4.x, built with Lua, as is Debian's):
+-- Install (a Wireshark built with Lua, as Debian's is; tested with 4.0):
 --   mkdir -p ~/.local/lib/wireshark/plugins
 --   cp oxboot.lua ~/.local/lib/wireshark/plugins/
 -- or, for one run:
