@@ -99,10 +99,13 @@ _PCAP_MAGICS = {0xA1B2C3D4, 0xA1B23C4D}  # microsecond, nanosecond timestamps
 _LINKTYPE_ETHERNET = 1
 
 
-def write_pcap(path: Path, frames: list[bytes]) -> None:
+def write_pcap(path: Path, frames: list[bytes], wire_lens: list[int] | None = None) -> None:
+    """A pcap file of `frames`; `wire_lens`: how long each was on the wire,
+    for frames cut by a snapshot length (default: as long as captured)."""
     out = [_PCAP_HDR.pack(0xA1B2C3D4, 2, 4, 0, 0, 65535, _LINKTYPE_ETHERNET)]
     for i, frame in enumerate(frames):
-        out.append(_PCAP_REC.pack(1_700_000_000 + i, 0, len(frame), len(frame)) + frame)
+        wire = len(frame) if wire_lens is None else wire_lens[i]
+        out.append(_PCAP_REC.pack(1_700_000_000 + i, 0, len(frame), wire) + frame)
     path.write_bytes(b"".join(out))
 
 
@@ -378,6 +381,38 @@ def test_hostile_frames_are_flagged_never_a_lua_error(shared: Path) -> None:
         "READ 0 offsets", "DATA offset 0x1fc00 len 1024",
         "DATA offset 0x200000 len 0 (end of image)", "DATA offset 0x200000 len 0 (end of image)",
         "DATA offset 0x0 len 26", "DATA offset 0x0 len 1468", "FINISHED", "RESET", "RESET"]
+
+
+@needs_tshark
+def test_frames_cut_by_the_snapshot_length(shared: Path) -> None:
+    """A capture with a small snapshot length (tcpdump -s 64, to keep image
+    bytes out of the file) holds whole frames cut short: what was captured
+    is decoded, nothing is called malformed."""
+    whole = [
+        pack_frame(BROADCAST, SLED, Hello(HELLO_TEXT)),
+        pack_frame(SLED, SERVER, Offer(4 * MIN_OFFER_SIZE, MIN_OFFER_SIZE, bytes(32),
+                                       encode_dataset("d"))),
+        pack_frame(SERVER, SLED, Read(SLOTS, tuple(range(0, NETBOOT_ALIGN, CHUNK)))),
+        pack_frame(SLED, SERVER, Data(0x1FC00, bytes(CHUNK))),
+    ]
+    cuts = (14, 20, 26, 34, 42, 64, 100)
+    cut_frames = [(frame[:cut], len(frame)) for frame in whole for cut in cuts
+                  if cut < len(frame)]
+    frames = [frame for frame, _ in cut_frames]
+    pcap = shared / "snap.pcap"
+    write_pcap(pcap, frames, [wire for _, wire in cut_frames])
+    layers = tshark_json(pcap)
+    assert len(layers) == len(frames)
+    for got in layers:
+        assert got["frame.protocols"] == ["eth:ethertype:oxboot"]
+        assert not {k for k in got if k.startswith(("oxboot.expert.", "_ws.lua", "_ws.expert"))}
+        assert got["_ws.col.Info"][0].endswith("[cut short by the capture]"), got
+    data = [got for got in layers if got.get("oxboot.type") == [f"0x{MsgType.DATA:08x}"]]
+    assert [decoded(got, "oxboot.offset") for got in data if "oxboot.offset" in got] == \
+        [0x1FC00] * sum(cut >= 34 for cut in cuts)
+    assert {decoded(got, "oxboot.data_len") for got in data if "oxboot.offset" in got} == {CHUNK}
+    assert "READ 128 offsets 0x0..0x1c00 [cut short by the capture]" in \
+        [got["_ws.col.Info"][0] for got in layers]
 
 
 # ---- captures in a lab -------------------------------------------------------------------

@@ -120,24 +120,33 @@ local function printable(raw, max)
     return s
 end
 
--- Each handler decodes one type's payload, which starts at `at` and whose
--- `len` bytes are all captured (checked by the caller), and returns the
--- info column's text after the type name.
+-- Each handler decodes one type's payload, which starts at `at`, is `len`
+-- bytes long on the wire and of which `have` bytes were captured (fewer
+-- when a capture's snapshot length cut the frame, as `tcpdump -s 64` does
+-- to keep image bytes out of a file): fields not captured are left out.
+-- It returns the info column's text after the type name.
 
-local function hello(tvb, tree, at, len)
+local function hello(tvb, tree, at, len, have)
     if len == 0 then return '""' end
-    local r = tvb:range(at, len)
+    if have == 0 then return nil end
+    local r = tvb:range(at, have)
     tree:add(f.hello_text, r)
-    return '"' .. printable(r:raw(), 60) .. '"'
+    local text = printable(r:raw(), 60)
+    if have < len and have <= 60 then text = text .. "..." end
+    return '"' .. text .. '"'
 end
 
-local function offer(tvb, tree, at, item)
+local function offer(tvb, tree, at, have, item)
+    if have < 16 then return nil end
     local ramdisk = tvb:range(at, 8):uint64()
     local size = tvb:range(at + 8, 8):uint64()
-    local sum = tvb:range(at + 16, 32)
-    local dataset = tvb:range(at + 48, DATASET_LEN)
     tree:add(f.ramdisk_size, tvb:range(at, 8))
     tree:add(f.data_size, tvb:range(at + 8, 8))
+    if have < OFFER_LEN then
+        return string.format("size %s ramdisk %s", tostring(size), tostring(ramdisk))
+    end
+    local sum = tvb:range(at + 16, 32)
+    local dataset = tvb:range(at + 48, DATASET_LEN)
     tree:add(f.sha256, sum)
     -- The name ends at its first NUL; the rest of the field is padding.
     local raw = dataset:raw()
@@ -158,12 +167,14 @@ local function offer(tvb, tree, at, item)
         tostring(sum:bytes()):lower())
 end
 
-local function read(tvb, tree, at, item)
+local function read(tvb, tree, at, have, item)
+    if have < 8 then return nil end
     local nr = tvb:range(at, 8)
     local noffsets = nr:uint64()
     local n_item = tree:add(f.noffsets, nr)
+    local captured_slots = math.min(SLOTS, math.floor((have - 8) / 8))
     local slots, nonzero = {}, 0
-    for i = 0, SLOTS - 1 do
+    for i = 0, captured_slots - 1 do
         local v = tvb:range(at + 8 + 8 * i, 8):uint64()
         slots[i] = v
         if v ~= ZERO64 then nonzero = nonzero + 1 end
@@ -175,13 +186,14 @@ local function read(tvb, tree, at, item)
     if noffsets > UInt64(SLOTS) then
         n_item:add_proto_expert_info(e.noffsets_range,
             string.format("READ noffsets %s above %d", tostring(noffsets), SLOTS))
-    elseif not (noffsets == UInt64(nonzero)
-                or (noffsets == UInt64(nonzero + 1) and slots[0] == ZERO64)) then
+    elseif captured_slots == SLOTS
+            and not (noffsets == UInt64(nonzero)
+                     or (noffsets == UInt64(nonzero + 1) and slots[0] == ZERO64)) then
         n_item:add_proto_expert_info(e.noffsets_slots, string.format(
             "READ noffsets %s disagrees with its %d nonzero slots", tostring(noffsets), nonzero))
     end
     local lo, hi
-    for i = 0, SLOTS - 1 do
+    for i = 0, captured_slots - 1 do
         local v = slots[i]
         local due = v ~= ZERO64 or (i == 0 and zero_due)
         local slot = tree:add(f.offsets, tvb:range(at + 8 + 8 * i, 8))
@@ -198,12 +210,13 @@ local function read(tvb, tree, at, item)
     return text .. " " .. hex64(lo) .. ".." .. hex64(hi)
 end
 
-local function data(tvb, tree, at, len, frame_len, item)
+local function data(tvb, tree, at, len, have, frame_len, item)
+    if have < 8 then return nil end
     local off = tvb:range(at, 8):uint64()
     tree:add(f.offset, tvb:range(at, 8))
     local n = len - 8
     tree:add(f.data_len, n):set_generated()
-    if n > 0 then tree:add(f.data, tvb:range(at + 8, n)) end
+    if have > 8 then tree:add(f.data, tvb:range(at + 8, have - 8)) end
     if n > 0 and n < MIN_DATA_PAYLOAD then
         item:add_proto_expert_info(e.runt_data, string.format(
             "DATA of %d bytes: padded to 60 on the wire, the OS client panics (pad to %d)",
@@ -224,6 +237,10 @@ local function dissect(tvb, pinfo, root)
     local captured = tvb:len()
     local frame_len = tvb:reported_len()
     local item = root:add(oxboot, tvb())
+    if captured < HDR_LEN and frame_len >= HDR_LEN then
+        pinfo.cols.info = "[cut short by the capture]"
+        return math.max(captured, 1)
+    end
     if captured < HDR_LEN then
         item:add_proto_expert_info(e.short, string.format(
             "Frame too short for the header: %d of %d bytes", captured, HDR_LEN))
@@ -272,23 +289,23 @@ local function dissect(tvb, pinfo, root)
         return captured
     end
     item:set_len(HDR_LEN + len)
-    if HDR_LEN + len > captured then
-        -- Whole on the wire, cut by the capture's snapshot length.
-        pinfo.cols.info = name .. " (cut short by the capture)"
-        return captured
-    end
+    local have = math.min(len, captured - HDR_LEN)
     local text
     if code == T_HELLO then
-        text = hello(tvb, item, HDR_LEN, len)
+        text = hello(tvb, item, HDR_LEN, len, have)
     elseif code == T_OFFER then
-        text = offer(tvb, item, HDR_LEN, item)
+        text = offer(tvb, item, HDR_LEN, have, item)
     elseif code == T_READ then
-        text = read(tvb, item, HDR_LEN, item)
+        text = read(tvb, item, HDR_LEN, have, item)
     elseif code == T_DATA then
-        text = data(tvb, item, HDR_LEN, len, frame_len, item)
+        text = data(tvb, item, HDR_LEN, len, have, frame_len, item)
+    end
+    if have < len then
+        -- Whole on the wire, cut by the capture's snapshot length.
+        text = (text and text .. " " or "") .. "[cut short by the capture]"
     end
     pinfo.cols.info = text and (name .. " " .. text) or name
-    return HDR_LEN + len
+    return math.min(HDR_LEN + len, captured)
 end
 
 function oxboot.dissector(tvb, pinfo, root)
