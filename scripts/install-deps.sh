@@ -9,9 +9,10 @@ cd "$(dirname "$0")/.."
 # benchmark baseline); e2fsprogs: mke2fs -d for filesystem images; libssl-dev
 # and zlib1g-dev: headers for the C core; gcc: to compile it; util-linux: setpriv.
 # groff-base (groff's man macros, without X11) and man-db: the manual pages'
-# rendering test.
+# rendering test. tshark (with dumpcap): the Wireshark dissector's test
+# (contrib/wireshark/oxboot.lua) captures a boot and decodes it.
 PKGS=(gcc libssl-dev zlib1g-dev libdeflate-dev iproute2 nftables netsniff-ng e2fsprogs util-linux openssl
-      groff-base man-db)
+      groff-base man-db tshark)
 missing=()
 for p in "${PKGS[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
@@ -19,6 +20,10 @@ done
 if ((${#missing[@]})); then
     echo "installing system packages: ${missing[*]}" >&2
     export DEBIAN_FRONTEND=noninteractive
+    # wireshark-common asks whether non-root users may capture: answer it
+    # beforehand (no), so the install never stops at a question.
+    echo "wireshark-common wireshark-common/install-setuid boolean false" |
+        debconf-set-selections
     apt-get update -q >/dev/null
     apt-get install -y -q "${missing[@]}" >/dev/null
 fi
