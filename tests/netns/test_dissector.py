@@ -28,11 +28,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, command
+from support.cli import ROOT, command
+from support.lab import FUZZ
 
 from oxboot import Codec, build_image
 from oxboot.format import MIN_OFFER_SIZE
-from oxboot.netlab import Host, Lab, lingering_namespaces, sh, wait_for
+from oxboot.netlab import Host, Lab, sh, wait_for
 from oxboot.protocol import (
     BROADCAST,
     CHUNK,
@@ -67,7 +68,6 @@ from oxboot.protocol import (
 from oxboot.verify import read_header
 
 LUA = ROOT / "contrib" / "wireshark" / "oxboot.lua"
-FUZZ = Path(__file__).resolve().parent / "fuzz_frames.py"
 TSHARK = shutil.which("tshark")
 DUMPCAP = shutil.which("dumpcap")
 
@@ -418,16 +418,6 @@ def test_frames_cut_by_the_snapshot_length(shared: Path) -> None:
 # ---- captures in a lab -------------------------------------------------------------------
 
 
-@pytest.fixture
-def lab() -> Iterator[Lab]:
-    lab = Lab()
-    try:
-        yield lab
-    finally:
-        lab.close()
-        assert lingering_namespaces() == []
-
-
 @dataclass
 class Capture:
     proc: subprocess.Popen[bytes]
@@ -584,7 +574,7 @@ def test_capture_of_real_boots_with_a_reset(lab: Lab, shared: Path) -> None:
 @needs_root
 @pytest.mark.net
 def test_capture_of_the_hostile_frame_generator(lab: Lab, shared: Path) -> None:
-    """tests/fuzz_frames.py's seeded hostile traffic, captured where it
+    """tests/peers/fuzz_frames.py's seeded hostile traffic, captured where it
     arrives: every frame decoded or flagged as oxboot.protocol says, as many
     flagged malformed as the generator made."""
     srv, attacker = lab.pair()
