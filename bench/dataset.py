@@ -401,6 +401,7 @@ def _ensure_shape(name: str, size_mib: int, make: Callable[[Path], None],
         if ok():
             return path
         fd, tmp_name = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=cache)
+        os.fchmod(fd, 0o644)
         os.close(fd)
         tmp = Path(tmp_name)
         try:
