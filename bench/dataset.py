@@ -33,7 +33,7 @@ import stat
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -365,6 +365,98 @@ def ensure_dataset(
                 image.unlink()
             _build(size_mib, cache, image, meta_path)
     return image
+
+
+#: The shapes of helios-build's two images (issue 15), at full size; quick
+#: mode builds them at 1/8 of this (conftest).
+HOST_MIB = 1200
+RECOVERY_MIB = 2000
+#: Real files at the front of the recovery shape: an ext4 data set of this
+#: size (70% full of files), then zeros.
+RECOVERY_FILES_MIB = 256
+#: The host shape's gzip -9 output is made from an ext4 data set of this
+#: size, then repeated to fill the shape.
+HOST_SOURCE_MIB = 256
+SHAPE_VERSION = 1
+
+
+def _ensure_shape(name: str, size_mib: int, make: Callable[[Path], None],
+                  cache_dir: Path | None) -> Path:
+    """The cached file `name`, else made by `make` into a temp file beside
+    it and renamed into place (a sidecar records its size and version)."""
+    cache = (cache_dir or default_cache_dir()).expanduser()
+    cache.mkdir(parents=True, exist_ok=True)
+    path = cache / name
+    meta_path = path.with_suffix(".json")
+
+    def ok() -> bool:
+        meta = _load_meta(meta_path)
+        return (meta is not None and path.is_file() and meta.get("version") == SHAPE_VERSION
+                and path.stat().st_size == meta.get("size_bytes") == size_mib << 20)
+
+    if ok():
+        return path
+    with (cache / f".{name}.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if ok():
+            return path
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=cache)
+        os.fchmod(fd, 0o644)
+        os.close(fd)
+        tmp = Path(tmp_name)
+        try:
+            make(tmp)
+            with tmp.open("r+b") as f:
+                f.truncate(size_mib << 20)
+                os.fsync(f.fileno())
+            tmp.replace(path)
+        finally:
+            tmp.unlink(missing_ok=True)
+        meta_path.write_text(json.dumps({"version": SHAPE_VERSION, "file": name,
+                                         "size_bytes": size_mib << 20}) + "\n")
+    return path
+
+
+def ensure_host_shape(size_mib: int = HOST_MIB, source_mib: int = HOST_SOURCE_MIB,
+                      cache_dir: Path | None = None) -> Path:
+    """The helios **host** image's raw input: a 1200 MB ZFS pool with
+    gzip-9 compression on, so nearly every block is deflate output. zpool
+    and zfs are not on this machine; approximated by real ``gzip -9 -n``
+    output of the ext4 data set of `source_mib` (real files), repeated to
+    `size_mib`. The repeats are hundreds of MiB apart, beyond any codec's
+    window, and the tools it measures (mkimage without -z: hash and copy)
+    do the same work whatever the bytes are."""
+
+    def make(tmp: Path) -> None:
+        source = ensure_dataset(source_mib, cache_dir)
+        unit = tmp.with_suffix(".gz")
+        try:
+            with unit.open("wb") as out:
+                subprocess.run(["gzip", "-9", "-n", "-c", str(source)], stdout=out, check=True)
+            piece = unit.read_bytes()
+        finally:
+            unit.unlink(missing_ok=True)
+        left = size_mib << 20
+        with tmp.open("wb") as f:
+            while left > 0:
+                f.write(piece[:left])
+                left -= len(piece)
+
+    return _ensure_shape(f"host-{size_mib}m-gz9-of-{source_mib}m.raw", size_mib, make, cache_dir)
+
+
+def ensure_recovery_shape(size_mib: int = RECOVERY_MIB, files_mib: int = RECOVERY_FILES_MIB,
+                          cache_dir: Path | None = None) -> Path:
+    """The helios **recovery** image's raw input: a 2000 MB ZFS pool,
+    compression off, trimmed, so a few hundred MB of files and then zeros.
+    Approximated by the ext4 data set of `files_mib` (real files, 70% full)
+    followed by zeros to `size_mib`."""
+
+    def make(tmp: Path) -> None:
+        shutil.copyfile(ensure_dataset(files_mib, cache_dir), tmp)  # then zeros (truncate)
+
+    return _ensure_shape(f"recovery-{size_mib}m-ext4-{files_mib}m.raw", size_mib, make,
+                         cache_dir)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -19,7 +19,6 @@ else (the original mkimage's single stream, a piece too large) is streamed.
 from __future__ import annotations
 
 import mmap
-import os
 import struct
 import threading
 import zlib
@@ -32,18 +31,15 @@ from typing import BinaryIO, Protocol
 
 from oxboot._native import ffi, lib
 from oxboot.format import Codec, ImageError
+from oxboot.levels import (  # the levels are part of codec's API too
+    DEFAULT_ZLIB_LEVEL,
+    DEFAULT_ZSTD_LEVEL,
+    ZLIB_LEVELS,
+    ZSTD_LEVELS,
+    default_threads,
+)
 from oxboot.pipeline import BufferPool
 
-#: Fastest zlib level whose output stays within 0.5% of the original
-#: mkimage's (miniz level 9), i.e. <= 1.0091 x stdlib zlib level 9, on the
-#: 1 GiB benchmark image (bench/codec_survey.md, 4 MiB chunks, 2 cores):
-#: level 5 = 279,074,636 B, x1.0036 of zlib-9's 278,066,851 B, 203 MB/s;
-#: level 4 = x1.0203 (over budget, 233 MB/s); level 6 = x0.9977, 176 MB/s.
-DEFAULT_ZLIB_LEVEL = 5
-DEFAULT_ZSTD_LEVEL = 6
-#: zlib levels as the user gives them (see _LIBDEFLATE_LEVEL).
-ZLIB_LEVELS = range(1, 10)
-ZSTD_LEVELS = range(1, 20)
 #: Input chunk each compressor thread takes: large enough that the cuts
 #: cost well under 0.1% of ratio (4 MiB: +0.035% against one libdeflate
 #: stream at level 5 or 6 on the 1 GiB image; 2 MiB: +0.07%, 1 MiB: +0.14%),
@@ -53,14 +49,6 @@ BLOCK = 4 << 20
 INFLATE_STEP = 4 << 20
 
 Sink = Callable[[bytes | memoryview], None]
-
-
-def default_threads() -> int:
-    """Every core this process may run on."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
 
 
 def _deflate_module() -> ModuleType:

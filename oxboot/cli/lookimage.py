@@ -8,7 +8,6 @@ from collections.abc import Sequence
 
 from oxboot.cli.common import Parser, UsageError, emit_json, run, thread_count, warn
 from oxboot.format import ImageError, check_header, header_warnings
-from oxboot.verify import WARNINGS, read_header, verify_image
 
 
 def build_parser(prog: str = "lookimage") -> Parser:
@@ -26,6 +25,10 @@ def build_parser(prog: str = "lookimage") -> Parser:
 def _body(args: argparse.Namespace) -> int:
     if args.image is None:
         raise UsageError("which image file do you want to inspect?")
+    # Imported here: --help and usage errors need none of the C core
+    # (tests/test_cli_startup.py).
+    from oxboot.verify import WARNINGS, read_header, verify_image
+
     header = read_header(args.image)
     for note in header_warnings(header, WARNINGS):
         warn(note)

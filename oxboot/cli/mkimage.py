@@ -7,10 +7,9 @@ import os
 import sys
 from collections.abc import Sequence
 
-from oxboot.build import build_image
 from oxboot.cli.common import Parser, UsageError, emit_json, run, warn
-from oxboot.codec import DEFAULT_ZLIB_LEVEL, DEFAULT_ZSTD_LEVEL, default_threads
 from oxboot.format import DEFAULT_DATASET, MIB, Codec
+from oxboot.levels import DEFAULT_ZLIB_LEVEL, DEFAULT_ZSTD_LEVEL, default_threads
 
 # argparse formats help with %, hence %% for a percent sign.
 LEVELS_HELP = (
@@ -75,6 +74,10 @@ def _body(args: argparse.Namespace) -> int:
         raise UsageError("Required option 'o' missing")
     if args.compress and args.codec not in (None, Codec.ZLIB.value):
         raise UsageError("-z/--compress means --codec zlib")
+    # Imported here: --help and usage errors need none of the C core, the
+    # codecs or their thread pools (tests/test_cli_startup.py).
+    from oxboot.build import build_image
+
     codec = Codec(args.codec) if args.codec else Codec.ZLIB if args.compress else Codec.NONE
     if args.level is not None and codec is Codec.NONE:
         raise UsageError("--level needs --codec zlib or zstd (or -z)")
