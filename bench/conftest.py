@@ -206,3 +206,25 @@ def _print_self_test() -> None:
         rows.append(f"| {name} | {sign} {limit} | {r['slowed_by']} | {r['ratio']} | "
                     f"{'yes' if not r['ok'] else '**no**'} |")
     print("\n".join(rows))
+
+
+def vs_hash_or_copy(benchmark, figure: str, argv: list[str], src: Path, copy: Path,
+                    rounds: int, output: str) -> None:
+    """Record `figure`: `argv` (a mkimage that reads, hashes and writes
+    `src`) against the larger of ``openssl dgst -sha256`` of `src` and a
+    ``dd conv=fsync`` copy of it to `copy`, each measured beside it."""
+    hashes: list[float] = []
+    copies: list[float] = []
+
+    def bound() -> float:
+        hashes.append(timed(lambda: run(["openssl", "dgst", "-sha256", str(src)])))
+        copies.append(timed(lambda: run(["dd", f"if={src}", f"of={copy}", "bs=4M",
+                                         "conv=fsync", "status=none"])))
+        copy.unlink()
+        return max(hashes[-1], copies[-1])
+
+    ratio, ours, base = interleaved(benchmark, lambda: run(argv), bound, rounds)
+    record(figure, ratio, seconds=round(ours, 3), bound_seconds=round(base, 3),
+           openssl_seconds=round(statistics.median(hashes), 3),
+           dd_seconds=round(statistics.median(copies), 3), bytes=src.stat().st_size,
+           rounds=rounds, output=output)

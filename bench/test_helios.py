@@ -12,6 +12,7 @@ each step in turn:
   ext4 data set here against the original's whole 22 MB/s, and its output
   is ~0.4% smaller than miniz-9's (README). Both make our figures harder,
   not easier.
+
 Not calibrated: the zeros of the recovery shape. zlib-ng deflates zeros at
 ~850 MB/s (stdlib zlib: ~340 MB/s); how fast miniz_oxide is there has not
 been measured, so the recovery shape's speed against the stand-in is
@@ -38,6 +39,7 @@ from conftest import (
     script,
     self_test_skip,
     timed,
+    vs_hash_or_copy,
 )
 from dataset import (
     HOST_MIB,
@@ -103,21 +105,8 @@ def test_host_mkimage_raw(benchmark, host: Path, tmp_path: Path) -> None:
     copy = tmp_path / "copy.raw"
     argv = [*script("mkimage"), "-i", str(host), "-o", str(out),
             *knob(("host_mkimage_raw_vs_hash_or_durable_copy",), [], ONE_THREAD)]
-    hashes: list[float] = []
-    copies: list[float] = []
-
-    def bound() -> float:
-        hashes.append(timed(lambda: run(["openssl", "dgst", "-sha256", str(host)])))
-        copies.append(timed(lambda: run(["dd", f"if={host}", f"of={copy}", "bs=4M",
-                                         "conv=fsync", "status=none"])))
-        copy.unlink()
-        return max(hashes[-1], copies[-1])
-
-    ratio, ours, base = interleaved(benchmark, lambda: run(argv), bound, PAIRS)
-    record("host_mkimage_raw_vs_hash_or_durable_copy", ratio, seconds=round(ours, 3),
-           bound_seconds=round(base, 3), openssl_seconds=round(statistics.median(hashes), 3),
-           dd_fsync_seconds=round(statistics.median(copies), 3), bytes=host.stat().st_size,
-           rounds=PAIRS, output="disk (fsync)")
+    vs_hash_or_copy(benchmark, "host_mkimage_raw_vs_hash_or_durable_copy", argv, host, copy,
+                    PAIRS, "disk (fsync)")
 
 
 def test_recovery_mkimage_z(benchmark, recovery: Path, tmp_path: Path) -> None:

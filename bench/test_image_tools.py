@@ -38,6 +38,7 @@ from conftest import (
     script,
     self_test_skip,
     timed,
+    vs_hash_or_copy,
 )
 
 from oxboot.codec import DEFAULT_ZLIB_LEVEL
@@ -55,14 +56,6 @@ ONE_THREAD = ["--threads", "1"]
 
 def openssl_time(path: Path) -> float:
     return timed(lambda: run(["openssl", "dgst", "-sha256", str(path)]))
-
-
-def copy_time(path: Path, out: Path) -> float:
-    """What writing the file costs alone: dd, then fsync (as mkimage does)."""
-    t = timed(lambda: run(["dd", f"if={path}", f"of={out}", "bs=4M", "conv=fsync",
-                           "status=none"]))
-    out.unlink()
-    return t
 
 
 @pytest.fixture
@@ -98,19 +91,8 @@ def test_mkimage_raw_vs_hash_or_copy(benchmark, warm: Path, memory_dir: Path) ->
     out = memory_dir / "raw.img"
     argv = [*script("mkimage"), "-i", str(warm), "-o", str(out), "--pad-netboot",
             *knob(("mkimage_raw_vs_hash_or_copy",), [], ONE_THREAD)]
-    hashes: list[float] = []
-    copies: list[float] = []
-
-    def bound() -> float:
-        hashes.append(openssl_time(warm))
-        copies.append(copy_time(warm, memory_dir / "copy"))
-        return max(hashes[-1], copies[-1])
-
-    ratio, ours, base = interleaved(benchmark, lambda: run(argv), bound, PAIRS)
-    record("mkimage_raw_vs_hash_or_copy", ratio, seconds=round(ours, 3),
-           bound_seconds=round(base, 3), openssl_seconds=round(statistics.median(hashes), 3),
-           dd_seconds=round(statistics.median(copies), 3), bytes=warm.stat().st_size,
-           rounds=PAIRS, output="tmpfs")
+    vs_hash_or_copy(benchmark, "mkimage_raw_vs_hash_or_copy", argv, warm, memory_dir / "copy",
+                    PAIRS, "tmpfs")
 
 
 def test_lookimage_raw_vs_openssl(benchmark, warm: Path, tmp_path: Path) -> None:

@@ -27,8 +27,10 @@ Buffer: TypeAlias = bytes | bytearray | memoryview | mmap.mmap
 #: (SHA-256, deflate, frames in memory) and none of the socket ones.
 HAS_NET: bool = bool(lib.OX_HAS_NET)
 
-__all__ = ["HAS_NET", "Buffer", "ReadOffsets", "Sha256", "check_constants", "fanout_index",
-           "ffi", "lib", "pointer", "sha256", "writeback"]
+__all__ = ["HAS_NET", "INFLATE_ERROR", "INFLATE_MAX_DICT", "Buffer", "InflateWork",
+           "ReadOffsets", "Sha256", "adler32", "adler32_combine", "check_constants",
+           "deflate_chunk", "fanout_index", "ffi", "find_sync", "lib", "pointer", "sha256",
+           "writeback"]
 
 
 def check_constants(values: dict[str, int]) -> None:
@@ -113,3 +115,63 @@ class ReadOffsets:
         """The offsets `frame` asks for, or None if it is not a well-formed READ."""
         n = lib.ox_read_offsets(frame, len(frame), self._out)
         return None if n < 0 else ffi.unpack(self._out, n)
+
+
+# ---- deflate and inflate (csrc/deflate.c, libdeflate) -------------------------
+
+#: History a piece may be given as its dictionary: deflate's 32 KiB window.
+INFLATE_MAX_DICT: int = lib.OX_INFLATE_MAX_DICT
+#: What :meth:`InflateWork.inflate_piece` returns for data it cannot inflate.
+INFLATE_ERROR: int = lib.OX_INFLATE_ERROR
+
+_ALLOC = ffi.new_allocator(should_clear_after_alloc=False)
+
+
+def deflate_chunk(level: int, chunk: Buffer) -> bytes:
+    """Raw deflate of `chunk` at libdeflate `level`, not final, ending
+    byte-aligned like a zlib sync flush (... 00 00 ff ff)."""
+    view = memoryview(chunk)
+    cap = lib.ox_deflate_bound(view.nbytes)
+    out = _ALLOC("uint8_t[]", cap)
+    n = lib.ox_deflate_chunk(level, _ptr(view), view.nbytes, out, cap)
+    if n < 0:  # cannot be for room: out of memory, or libdeflate misbehaved
+        raise RuntimeError(f"libdeflate could not compress a {view.nbytes}-byte chunk")
+    return ffi.buffer(out, n)[:]
+
+
+def adler32(data: Buffer, value: int = 1) -> int:
+    """Adler-32 of `data` continuing from `value` (libdeflate's, vectorised)."""
+    view = memoryview(data)
+    if not view.nbytes:
+        return value
+    return int(lib.ox_adler32(value, _ptr(view), view.nbytes))
+
+
+def adler32_combine(first: int, second: int, second_len: int) -> int:
+    """The Adler-32 of two buffers from each one's and the second's length."""
+    return int(lib.ox_adler32_combine(first, second, second_len))
+
+
+def find_sync(buf: Buffer, start: int) -> int:
+    """Offset of the first sync-flush marker (00 00 ff ff) in `buf` at or
+    after `start`, or -1."""
+    view = memoryview(buf)
+    return int(lib.ox_find_sync(_ptr(view), view.nbytes, start))
+
+
+class InflateWork:
+    """One thread's work area for inflating whole pieces of a deflate
+    stream of at most `max_input` bytes (``ox_inflate_piece``)."""
+
+    def __init__(self, max_input: int) -> None:
+        self._work = ffi.new("uint8_t[]", lib.ox_inflate_work_size(INFLATE_MAX_DICT, max_input))
+        self._used = ffi.new("size_t *")
+
+    def inflate_piece(self, zdict: bytes, data: bytes, final: bool,
+                      out: Buffer) -> tuple[int, int]:
+        """Inflate `data` (after `zdict`, its history) into `out`: (output
+        length or INFLATE_ERROR and the like, input bytes used)."""
+        view = memoryview(out)
+        n = lib.ox_inflate_piece(zdict, len(zdict), data, len(data), final, self._work,
+                                 len(self._work), _ptr(view), view.nbytes, self._used)
+        return int(n), int(self._used[0])

@@ -83,6 +83,18 @@ def inflate_one_stream(stream: bytes, mod=zlib) -> bytes:  # a module
     return out
 
 
+def check_pieces_stream(parts: list[bytes], data: bytes, level: int) -> bytes:
+    """Each of `parts` deflated as a piece (each checked), joined into one
+    zlib stream of `data`, which zlib and zlib-ng both inflate; returned."""
+    pieces = [piece(p, level) for p in parts]
+    for p, d in zip(pieces, parts, strict=True):
+        check_piece(p, d)
+    stream = zlib_stream(pieces, data, level)
+    assert inflate_one_stream(stream) == data
+    assert inflate_one_stream(stream, zlib_ng) == data
+    return stream
+
+
 def check_piece(p: bytes, data: bytes) -> None:
     """One piece alone: decodes to `data` without needing more input, is not
     final, and ends with the sync marker."""
@@ -126,12 +138,7 @@ def test_every_level(level: int) -> None:
     data = mixed(300_000 + level)
     cuts = [0, 1, 3, 70_000, 70_000, 200_000, len(data)]
     parts = [data[a:b] for a, b in zip(cuts, cuts[1:], strict=False)]
-    pieces = [piece(p, level) for p in parts]
-    for p, d in zip(pieces, parts, strict=True):
-        check_piece(p, d)
-    stream = zlib_stream(pieces, data, level)
-    assert inflate_one_stream(stream) == data
-    assert inflate_one_stream(stream, zlib_ng) == data
+    stream = check_pieces_stream(parts, data, level)
     # and it does compress
     assert len(stream) < 0.75 * len(data)
 
@@ -253,12 +260,7 @@ _data = st.one_of(
 def test_property_any_bytes_any_cuts(data: bytes, cuts: list[int], level: int) -> None:
     points = sorted({min(c, len(data)) for c in cuts} | {0, len(data)})
     parts = [data[a:b] for a, b in zip(points, points[1:], strict=False)] or [b""]
-    pieces = [piece(p, level) for p in parts]
-    for p, d in zip(pieces, parts, strict=True):
-        check_piece(p, d)
-    stream = zlib_stream(pieces, data, level)
-    assert inflate_one_stream(stream) == data
-    assert inflate_one_stream(stream, zlib_ng) == data
+    check_pieces_stream(parts, data, level)
 
 
 # ---- ParallelZlib -----------------------------------------------------------

@@ -30,6 +30,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from support.cbuf import CBuf
 
+from oxboot import protocol
 from oxboot._native import ffi, lib
 from oxboot.format import HEADER_SIZE, Header, ImageError
 from oxboot.protocol import (
@@ -43,16 +44,10 @@ from oxboot.protocol import (
     Data,
     Frame,
     FrameError,
-    Ignored,
     MsgType,
     Offer,
     Read,
     Reset,
-    SendOffer,
-    SendReset,
-    ServeData,
-    SessionFinished,
-    SessionStarted,
     due_offsets,
     encode_dataset,
     pack_frame,
@@ -250,7 +245,7 @@ def _check_actions(server: BootServer, buf: bytes, actions: list[object],
     src = buf[6:12]
     for action in actions:
         match action:
-            case ServeData(dst=dst, src=me, image=index, offsets=offsets):
+            case protocol.ServeData(dst=dst, src=me, image=index, offsets=offsets):
                 assert isinstance(index, int) and 0 <= index < n
                 assert me == server.server_macs[index] and dst == src
                 assert not dst[0] & 1 and dst not in server.server_macs
@@ -259,16 +254,16 @@ def _check_actions(server: BootServer, buf: bytes, actions: list[object],
                 assert all(type(o) is int and 0 <= o <= U64 for o in offsets)
                 assert len(set(offsets)) == len(offsets)
                 assert buf[6:12] == dst
-            case SendOffer(dst=dst, src=me, image=index, offer=offer):
+            case protocol.SendOffer(dst=dst, src=me, image=index, offer=offer):
                 assert 0 <= index < n and offer == server.images[index]
                 assert me == server.server_macs[index] and dst == src
                 assert allow is None or dst in allow
                 pack_frame(dst, me, offer)
-            case SendReset(dst=dst, src=me):
+            case protocol.SendReset(dst=dst, src=me):
                 assert me in server.server_macs and dst == src
-            case SessionStarted(image=index) | SessionFinished(image=index):
+            case protocol.SessionStarted(image=index) | protocol.SessionFinished(image=index):
                 assert 0 <= index < n
-            case Ignored():
+            case protocol.Ignored():
                 pass
             case _:
                 raise AssertionError(f"unknown action {action!r}")

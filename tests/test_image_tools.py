@@ -27,13 +27,8 @@ from support.cli import SANITIZED, Run, command, genraw, one_line_error, run_cli
 from zlib_ng import zlib_ng
 
 from oxboot import build_image, extract_image, read_header, verify_image
-from oxboot.codec import (
-    DEFAULT_ZLIB_LEVEL,
-    ISAL_FAST_LEVEL,
-    ParallelZlib,
-    _deflate_chunk,
-    _isal_chunk,
-)
+from oxboot.codec import DEFAULT_ZLIB_LEVEL, ISAL_FAST_LEVEL, ParallelZlib
+from oxboot.codec.deflate import _deflate_chunk, _isal_chunk
 from oxboot.format import HEADER_SIZE, NETBOOT_ALIGN, Codec, Header, ImageError
 
 MIB = 1 << 20

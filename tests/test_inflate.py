@@ -25,6 +25,7 @@ from support.data import MIB, encode, mixed
 from oxboot import codec
 from oxboot._native import ffi, lib
 from oxboot.codec import BufferPool, decode
+from oxboot.codec import inflate as codec_inflate
 from oxboot.format import Codec, ImageError
 
 SYNC = b"\x00\x00\xff\xff"
@@ -209,7 +210,7 @@ class InflateLog:
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.calls: list[tuple[str, bool, bool]] = []
-        real = codec._PieceInflater.__call__
+        real = codec_inflate._PieceInflater.__call__
 
         def logged(inflater, zdict, data, final, out):
             n, used = real(inflater, zdict, data, final, out)
@@ -217,7 +218,7 @@ class InflateLog:
                                n >= 0))
             return n, used
 
-        monkeypatch.setattr(codec._PieceInflater, "__call__", logged)
+        monkeypatch.setattr(codec_inflate._PieceInflater, "__call__", logged)
 
     def count(self, thread: str, with_dict: bool | None = None, ok: bool | None = None) -> int:
         return sum(1 for t, d, k in self.calls if t == thread and

@@ -129,7 +129,7 @@ def test_test_files_do_not_import_each_other() -> None:
 #: The modules that call the C core (``lib``): the typed API over its
 #: portable half, and one wrapper class per network mechanism.
 C_CALLERS = {"oxboot/_native.py", "oxboot/link.py", "oxboot/serve/receiver.py",
-             "oxboot/sled/rx.py", "oxboot/codec.py"}
+             "oxboot/sled/rx.py"}
 
 
 def test_only_the_wrappers_call_the_c_core() -> None:

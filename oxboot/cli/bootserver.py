@@ -6,7 +6,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from oxboot.cli.common import Parser, UsageError, needs_network_core, run
+from oxboot.cli.common import Parser, UsageError, run_network_command
 from oxboot.errors import LinkError
 from oxboot.link import TX_METHODS, parse_mac
 from oxboot.protocol import DEFAULT_READ_RATE
@@ -109,10 +109,7 @@ def _non_negative(text: str) -> float:
 
 
 def main(argv: Sequence[str] | None = None, prog: str = "bootserver") -> int:
-    refused = needs_network_core(prog)
-    if refused is not None:
-        return refused
-    return run(build_parser(prog), _body, argv)
+    return run_network_command(prog, build_parser, _body, argv)
 
 
 if __name__ == "__main__":

@@ -63,6 +63,15 @@ def needs_network_core(prog: str) -> int | None:
                 "(raw Ethernet sockets); the image tools work everywhere")
 
 
+def run_network_command(prog: str, build_parser: Callable[[str], Parser],
+                        body: Callable[[argparse.Namespace], int],
+                        argv: Sequence[str] | None) -> int:
+    """:func:`run` for a command that needs the network core (refused with
+    one line where it is not built)."""
+    refused = needs_network_core(prog)
+    return refused if refused is not None else run(build_parser(prog), body, argv)
+
+
 def warn(message: str) -> None:
     sys.stderr.write(f"warning: {message}\n")
     sys.stderr.flush()

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from oxboot.build import build_image
-from oxboot.cli.common import Parser, UsageError, needs_network_core, run
+from oxboot.cli.common import Parser, UsageError, run_network_command
 from oxboot.errors import BootError
 from oxboot.format import MIB, Codec
 from oxboot.netlab import Lab, wait_for
@@ -148,10 +148,7 @@ def _body(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None, prog: str = "oxboot demo") -> int:
-    refused = needs_network_core(prog)
-    if refused is not None:
-        return refused
-    return run(build_parser(prog), _body, argv)
+    return run_network_command(prog, build_parser, _body, argv)
 
 
 if __name__ == "__main__":

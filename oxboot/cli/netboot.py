@@ -6,7 +6,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from oxboot.cli.common import Parser, UsageError, emit_json, fail, needs_network_core, run
+from oxboot.cli.common import Parser, UsageError, emit_json, fail, run_network_command
 from oxboot.errors import LinkError
 from oxboot.progress import human
 from oxboot.protocol import ClientSession
@@ -80,10 +80,7 @@ def _body(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None, prog: str = "oxboot netboot") -> int:
-    refused = needs_network_core(prog)
-    if refused is not None:
-        return refused
-    return run(build_parser(prog), _body, argv)
+    return run_network_command(prog, build_parser, _body, argv)
 
 
 if __name__ == "__main__":

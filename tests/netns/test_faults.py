@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from support.lab import (
+    boot_once,
     bootserver,
     chain,
     clear_loss,
@@ -42,29 +43,29 @@ pytestmark = [pytest.mark.net, pytest.mark.skipif(
 )]
 
 
-# ---- helpers ------------------------------------------------------------------
-
-
 # ---- random loss ----------------------------------------------------------------
+
+
+def boot_under_loss(lab: Lab, tmp_path: Path, image: tuple[Path, bytes], percent: int,
+                    msg_type: int, at_server: bool) -> tuple[float, dict, int]:
+    """One sled boots `image` while `percent`% of the frames of `msg_type`
+    are dropped at the sled's (or the server's) ingress; it must complete
+    and verify. Returns (seconds, the sled's result, frames dropped)."""
+    srv, sled = lab.pair()
+    lossy = srv if at_server else sled
+    drop_data(lossy, percent, msg_type=msg_type)
+    took, result = boot_once(lab, srv, sled, image, tmp_path, timeout=150)
+    dropped = dropped_frames(lossy)
+    assert dropped > 0 and result["retransmits"] > 0
+    return took, result, dropped
 
 
 @pytest.mark.parametrize("percent", [1, 5, 20])
 def test_boot_survives_random_data_loss(lab: Lab, images: dict, tmp_path: Path,
                                         percent: int, boot_times: Callable[[str], None]) -> None:
-    srv, sled = lab.pair()
-    img, raw = images["small"]  # 1 MiB: each lost DATA stalls its batch for ~1 s
-    drop_data(sled, percent)
-    log = tmp_path / "server.log"
-    server = bootserver(lab, srv, ["-s", "--json", srv.ifname, str(img), "any"], log)
-    wait_listening(log)
-    started = time.monotonic()
-    status, result, saved = netboot(sled, img, tmp_path, timeout=150)
-    took = time.monotonic() - started
-    assert status == 0 and result["verified"], result
-    assert saved.read_bytes() == raw
-    dropped = dropped_frames(sled)
-    assert dropped > 0 and result["retransmits"] > 0
-    assert server.wait(10) == 0
+    # 1 MiB: each lost DATA stalls its batch for ~1 s.
+    took, result, dropped = boot_under_loss(lab, tmp_path, images["small"], percent, 0x9104,
+                                            at_server=False)
     boot_times(f"{percent}% DATA loss, 1 sled: 1 MiB booted in {took:.1f} s "
                f"({result['seconds']:.1f} s transfer), {dropped} DATA dropped, "
                f"{result['retransmits']} retransmissions")
@@ -72,21 +73,9 @@ def test_boot_survives_random_data_loss(lab: Lab, images: dict, tmp_path: Path,
 
 def test_boot_survives_read_loss(lab: Lab, images: dict, tmp_path: Path,
                                  boot_times: Callable[[str], None]) -> None:
-    srv, sled = lab.pair()
     # 24 MiB: 192 batches, so a 5% READ loss certainly hits some of them.
-    img, raw = images["big"]
-    drop_data(srv, 5, msg_type=0x9003)  # at the SERVER's ingress
-    log = tmp_path / "server.log"
-    server = bootserver(lab, srv, ["-s", "--json", srv.ifname, str(img), "any"], log)
-    wait_listening(log)
-    started = time.monotonic()
-    status, result, saved = netboot(sled, img, tmp_path, timeout=150)
-    took = time.monotonic() - started
-    assert status == 0 and result["verified"], result
-    assert saved.read_bytes() == raw
-    dropped = dropped_frames(srv)
-    assert dropped > 0 and result["retransmits"] > 0
-    assert server.wait(10) == 0
+    took, result, dropped = boot_under_loss(lab, tmp_path, images["big"], 5, 0x9003,
+                                            at_server=True)
     boot_times(f"5% READ loss, 1 sled: 24 MiB booted in {took:.1f} s, {dropped} READs "
                f"dropped, {result['retransmits']} retransmissions")
 
@@ -155,18 +144,9 @@ def test_duplicated_and_reordered_frames_relay(lab: Lab, images: dict, tmp_path:
     the READs (there are only 16, one a batch), and holds 25% of the DATA
     back 2 ms so later ones overtake them."""
     srv, a, b, sled = chain(lab)
-    img, raw = images["plain"]
     relay = start_helper(lab, Host(a.ns, a.ifname), "relay", a.ifname, b.ifname, "--dup", "10",
                          "--dup-read", "50", "--reorder", "25", "--seed", "7")
-    log = tmp_path / "server.log"
-    server = bootserver(lab, srv, ["-s", "--json", srv.ifname, str(img), "any"], log)
-    wait_listening(log)
-    started = time.monotonic()
-    status, result, saved = netboot(sled, img, tmp_path, timeout=60)
-    took = time.monotonic() - started
-    assert status == 0 and result["verified"], result
-    assert saved.read_bytes() == raw
-    assert server.wait(10) == 0
+    took, _ = boot_once(lab, srv, sled, images["plain"], tmp_path)
     counts = stop_helper(relay)
     assert counts.get("reordered", 0) > 100, counts
     assert counts.get("duplicated_9104", 0) > 50, counts  # DATA
@@ -285,22 +265,29 @@ def test_image_replaced_during_boot(lab: Lab, images: dict, tmp_path: Path,
     started = time.monotonic()
     client, save = _slow_boot(sled_a, orig_img, len(orig_raw), tmp_path, log)
 
-    staged = tmp_path / "staged.img"
-    shutil.copyfile(new_img, staged)
-    os.replace(staged, served)
+    _replace_atomically(served, new_img, tmp_path)
     # While A still boots the old version, B asks for the new one.
-    status, result, saved = netboot(sled_b, new_img, tmp_path, timeout=30)
-    assert status == 0 and result["verified"], result
-    assert saved.read_bytes() == new_raw
+    _boots(sled_b, new_img, new_raw, tmp_path)
     assert has_event(log, "reload")
     _finish_slow_boot(client, sled_a, save, orig_raw)
     # A fresh boot of A now gets the new file too.
-    status, result, saved = netboot(sled_a, new_img, tmp_path, timeout=30)
-    assert status == 0 and result["verified"], result
-    assert saved.read_bytes() == new_raw
+    _boots(sled_a, new_img, new_raw, tmp_path)
     assert not has_event(log, "error")
     boot_times(f"image replaced mid-boot: old boot finished with the old bytes, new boots got "
                f"the new file; {time.monotonic() - started:.1f} s")
+
+
+def _replace_atomically(served: Path, new: Path, tmp: Path) -> None:
+    """Put a copy of `new` in place of `served` by rename, as a build would."""
+    staged = tmp / "staged.img"
+    shutil.copyfile(new, staged)
+    os.replace(staged, served)
+
+
+def _boots(sled: Host, img: Path, raw: bytes, tmp: Path) -> None:
+    status, result, saved = netboot(sled, img, tmp, timeout=30)
+    assert status == 0 and result["verified"], result
+    assert saved.read_bytes() == raw
 
 
 @pytest.mark.parametrize("how", ["truncate", "delete"])
@@ -338,12 +325,8 @@ def test_image_truncated_or_deleted_during_boot(lab: Lab, images: dict, tmp_path
     assert server.poll() is None
 
     # Put a good file back: served again.
-    staged = tmp_path / "staged.img"
-    shutil.copyfile(orig_img, staged)
-    os.replace(staged, served)
-    status, result, saved = netboot(sled, orig_img, tmp_path, timeout=30)
-    assert status == 0 and result["verified"], result
-    assert saved.read_bytes() == orig_raw
+    _replace_atomically(served, orig_img, tmp_path)
+    _boots(sled, orig_img, orig_raw, tmp_path)
     boot_times(f"image {how}d mid-boot: running boot kept its bytes, the file was refused "
                f"({errors[0]['message']!r}), then served again once restored; "
                f"{time.monotonic() - started:.1f} s")

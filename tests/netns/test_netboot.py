@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from support.cli import command
 from support.lab import (
+    boot_once,
     bootserver,
     clear_loss,
     drop_data,
@@ -90,14 +91,7 @@ def test_xdp_with_more_workers_than_queues_is_a_one_line_error(lab: Lab, images:
 def test_compressed_images_are_served_inflated(lab: Lab, images: dict, tmp_path: Path,
                                                codec: str) -> None:
     srv, sled = lab.pair()
-    img, raw = images[codec]
-    log = tmp_path / "server.log"
-    server = bootserver(lab, srv, ["-s", "--json", srv.ifname, str(img), "any"], log)
-    wait_listening(log)
-    status, result, saved = netboot(sled, img, tmp_path)
-    assert status == 0 and result["verified"], result
-    assert saved.read_bytes() == raw
-    assert server.wait(10) == 0
+    boot_once(lab, srv, sled, images[codec], tmp_path)
 
 
 def test_three_images_client_takes_matching_one(lab: Lab, images: dict, tmp_path: Path) -> None:

@@ -35,11 +35,24 @@ pytestmark = [pytest.mark.net,
 
 IMAGE_SIZE = 3 * SLOTS * CHUNK - 700  # the last chunk short, and offsets past the end
 
+# What both receivers start with: the C core, and its receive call's arguments.
+_PRELUDE = r"""
+import hashlib, json, socket, sys, time
+from oxboot._core import ffi, lib
+
+
+def rx_args(mac, server, ram, size, offsets, busy, busy_count, other, other_len, st):
+    # ox_rx_args; the caller keeps every buffer alive.
+    return ffi.new("ox_rx_args *", {
+        "self_mac": ffi.from_buffer(mac), "server": ffi.from_buffer(server), "ram": ram,
+        "ram_len": size, "slot_offsets": offsets, "slot_busy": busy,
+        "busy_count": busy_count, "other": other, "other_cap": 2048,
+        "other_len": other_len, "stats": st})
+"""
+
 # The receiver: for each batch of slots it is given, reads until the batch
 # is complete, collecting the frames handed to Python; prints what it got.
-_RX = r"""
-import hashlib, json, socket, sys
-from oxboot._core import ffi, lib
+_RX = _PRELUDE + r"""
 ifname, method, size = sys.argv[1], sys.argv[2], int(sys.argv[3])
 s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x1DE0))
 s.setsockopt(socket.SOL_SOCKET, 33, 1 << 22)  # SO_RCVBUFFORCE: room for the burst
@@ -66,11 +79,7 @@ for line in sys.stdin:
     others, calls = [], 0
     while busy_count[0] and calls < 200:
         calls += 1
-        args = ffi.new("ox_rx_args *", {
-            "self_mac": ffi.from_buffer(mac), "server": ffi.from_buffer(server),
-            "ram": ram, "ram_len": size,
-            "slot_offsets": offsets, "slot_busy": busy, "busy_count": busy_count,
-            "other": other, "other_cap": 2048, "other_len": other_len, "stats": st})
+        args = rx_args(mac, server, ram, size, offsets, busy, busy_count, other, other_len, st)
         if ring != ffi.NULL:
             n = lib.ox_rxring_data_wait(ring, args, 1 << 20, 200, ffi.NULL)
         else:
@@ -190,9 +199,7 @@ def test_sled_receive_paths(method: str) -> None:
 
 # ---- the next batch, in C ---------------------------------------------------------------
 
-_NEXT_RX = r"""
-import hashlib, json, socket, sys, time
-from oxboot._core import ffi, lib
+_NEXT_RX = _PRELUDE + r"""
 ifname, size = sys.argv[1], int(sys.argv[2])
 s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x1DE0))
 s.bind((ifname, 0x1DE0))
@@ -216,11 +223,7 @@ print("armed", flush=True)
 calls = 0
 while busy_count[0] and calls < 100:
     calls += 1
-    args = ffi.new("ox_rx_args *", {
-        "self_mac": ffi.from_buffer(mac), "server": ffi.from_buffer(server),
-            "ram": ram, "ram_len": size,
-        "slot_offsets": offsets, "slot_busy": busy, "busy_count": busy_count,
-        "other": other, "other_cap": 2048, "other_len": other_len, "stats": st})
+    args = rx_args(mac, server, ram, size, offsets, busy, busy_count, other, other_len, st)
     n = lib.ox_rxring_data_wait(ring, args, 1 << 20, 200, nxt)
     assert n >= 0 and other_len[0] == 0
 done = time.monotonic()

@@ -10,6 +10,7 @@ import random
 import select
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from oxboot.netlab import Host, Lab, sh, wait_for
@@ -95,6 +96,24 @@ def dropped_frames(host: Host) -> int:
     out = sh("ip", "netns", "exec", host.ns, "nft", "list", "table", "netdev", "oxloss").stdout
     return int(out.split("packets ")[1].split()[0])
 
+
+
+def boot_once(lab: Lab, srv: Host, sled: Host, image: tuple[Path, bytes], tmp: Path,
+              timeout: float = 60) -> tuple[float, dict]:
+    """`bootserver -s` on `srv`, one boot of `image` (path, raw bytes) by
+    `sled`, which must complete and verify, and the server exit 0 after it.
+    Returns (seconds from the netboot's start, the sled's result)."""
+    img, raw = image
+    log = tmp / "server.log"
+    server = bootserver(lab, srv, ["-s", "--json", srv.ifname, str(img), "any"], log)
+    wait_listening(log)
+    started = time.monotonic()
+    status, result, saved = netboot(sled, img, tmp, timeout=timeout)
+    took = time.monotonic() - started
+    assert status == 0 and result["verified"], result
+    assert saved.read_bytes() == raw
+    assert server.wait(10) == 0
+    return took, result
 
 
 def start_netboot(host: Host, want: Path, save: Path, timeout: float) -> subprocess.Popen[str]:
