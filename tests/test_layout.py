@@ -143,3 +143,55 @@ def test_only_the_wrappers_call_the_c_core() -> None:
                     and rel not in C_CALLERS:
                 found.append(f"{rel}:{node.lineno}")
     assert not found, "C core called outside its wrappers:\n" + "\n".join(found)
+
+
+#: What each part of the package may import of the rest (README, Layout).
+#: The sans-I/O protocol knows nothing of links, loops or files; the image
+#: pipeline nothing of the network; each I/O side only the protocol and the
+#: link, never the other side.
+MAY_IMPORT = {
+    "format": set(),
+    "levels": set(),
+    "errors": set(),
+    "protocol": {"_native", "format"},
+    "codec": {"_native", "format", "levels", "pipeline"},
+    "build": {"_native", "codec", "format", "fsutil", "pipeline", "progress"},
+    "verify": {"_native", "codec", "format", "fsutil", "pipeline", "progress"},
+    "link": {"_native", "errors", "protocol"},
+    "serve": {"_native", "errors", "format", "link", "privileges", "progress", "protocol",
+              "verify"},
+    "sled": {"_native", "fsutil", "link", "protocol", "verify"},
+}
+#: Nothing in the protocol waits, sleeps, reads a clock or touches a socket.
+PROTOCOL_NEVER = {"socket", "select", "selectors", "threading", "time", "os", "subprocess",
+                  "asyncio"}
+
+
+def _imports(path: Path) -> set[str]:
+    """Modules `path` imports, dotted, with ``from oxboot import x`` as oxboot.x."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            found.add(node.module)
+            if node.module == "oxboot":
+                found.update(f"oxboot.{a.name}" for a in node.names)
+    return found
+
+
+@pytest.mark.parametrize("unit", sorted(MAY_IMPORT))
+def test_each_part_imports_only_what_it_may(unit: str) -> None:
+    base = ROOT / "oxboot"
+    files = sorted((base / unit).rglob("*.py")) if (base / unit).is_dir() else [base / f"{unit}.py"]
+    assert files and all(f.is_file() for f in files), unit
+    wrong = []
+    for path in files:
+        for name in _imports(path):
+            parts = name.split(".")
+            if parts[0] == "oxboot" and len(parts) > 1 and parts[1] != unit \
+                    and parts[1] not in MAY_IMPORT[unit]:
+                wrong.append(f"{path.relative_to(ROOT)}: {name}")
+            if unit == "protocol" and parts[0] in PROTOCOL_NEVER:
+                wrong.append(f"{path.relative_to(ROOT)}: {name} (the protocol is sans-I/O)")
+    assert not wrong, "\n".join(wrong)
