@@ -17,11 +17,13 @@ FLOORS = {k: v for k, v in json.loads((BENCH / "floors.json").read_text()).items
 
 
 def recorded() -> set[str]:
-    """Every figure name the benchmarks pass to record() or knob()."""
+    """Every figure name the benchmarks pass to record() (directly, or
+    through conftest.vs_hash_or_copy)."""
     names: set[str] = set()
     for path in BENCH.glob("test_*.py"):
         text = path.read_text()
-        names |= set(re.findall(r'record\(\s*"([a-z0-9_]+)"', text))
+        names |= set(re.findall(r'(?:record\(|vs_hash_or_copy\(\s*benchmark,)\s*"([a-z0-9_]+)"',
+                                text))
     return names
 
 
