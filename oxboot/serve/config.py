@@ -168,10 +168,6 @@ def _parse(path: Path, data: Mapping[str, object], lines: _Lines) -> ServerConfi
         image_dir = a_path(data["image_dir"], "image_dir")
         if not image_dir.is_dir():
             raise fail("image_dir", f"no such folder: {image_dir}")
-    if not images and image_dir is None:
-        raise ConfigError(f"{path}: image: no image to serve (give [[image]] tables with a "
-                          "path, or image_dir)")
-
     def number(key: str, low: float, low_ok: bool) -> float | None:
         value = data.get(key)
         if value is None:
@@ -182,6 +178,8 @@ def _parse(path: Path, data: Mapping[str, object], lines: _Lines) -> ServerConfi
             raise fail(key, f"must be {what}, not {value!r}")
         return float(value)
 
+    read_rate = number("read_rate", 0, False)
+    busy_poll = number("busy_poll", 0, True)
     workers = data.get("workers")
     if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int)
                                 or workers < 1):
@@ -201,11 +199,13 @@ def _parse(path: Path, data: Mapping[str, object], lines: _Lines) -> ServerConfi
         raise fail("listen", f"must be ADDRESS:PORT (e.g. \"127.0.0.1:9187\"), not "
                    f"{strings['listen']!r}")
     scratch = strings["scratch"]
+    if not images and image_dir is None:
+        raise ConfigError(f"{path}: image: no image to serve (give [[image]] tables with a "
+                          "path, or image_dir)")
     return ServerConfig(
         source=path, link=link, images=tuple(images), image_dir=image_dir,
-        listen=strings["listen"], read_rate=number("read_rate", 0, False),
-        workers=workers, user=strings["user"], tx=tx,
-        busy_poll=number("busy_poll", 0, True),
+        listen=strings["listen"], read_rate=read_rate,
+        workers=workers, user=strings["user"], tx=tx, busy_poll=busy_poll,
         scratch=str(base / scratch) if scratch is not None else None)
 
 
