@@ -202,3 +202,26 @@ def test_dir_watch_of_a_removed_folder_goes_on_by_listing(tmp_path: Path) -> Non
         assert w.changed() and not w.changed()
     finally:
         w.close()
+
+
+def test_command_line_options_win_over_the_file(conf_dir: Path) -> None:
+    from oxboot.cli.bootserver import _with_command_line, build_parser
+    from oxboot.protocol import DEFAULT_READ_RATE
+    from oxboot.serve import DEFAULT_BUSY_POLL
+
+    conf = conf_dir / "lab.toml"
+    conf.write_text(GOOD)
+    parser = build_parser()
+
+    def settings(*argv: str) -> tuple[object, ...]:
+        c = _with_command_line(load_config(conf), parser.parse_args(["--config", str(conf),
+                                                                     *argv]))
+        return c.read_rate, c.tx, c.busy_poll, c.workers, c.image_dir
+
+    # The file's read_rate; the defaults for what it does not set.
+    assert settings() == (8000.0, "auto", DEFAULT_BUSY_POLL * 1e6, None,
+                          conf_dir / "images")
+    # Given on the command line, even at its default value: the command line's.
+    assert settings("--read-rate", str(DEFAULT_READ_RATE), "--tx", "send", "--busy-poll", "0",
+                    "--workers", "3", "--image-dir", "elsewhere") == (
+        DEFAULT_READ_RATE, "send", 0.0, 3, Path("elsewhere"))

@@ -51,7 +51,7 @@ def build_parser(prog: str = "bootserver") -> Parser:
                    help="serve this image too (repeatable); sleds take the one whose "
                    "checksum their boot archive wants")
     p.add_argument("--json", action="store_true", help="one JSON object per event on stdout")
-    p.add_argument("--tx", choices=TX_METHODS,
+    p.add_argument("--tx", choices=TX_METHODS, default=TX_METHODS[0], action=_Given,
                    help="DATA transmit mechanism (default auto: AF_XDP where the worker's "
                    "device queue allows, the fastest measured, else sendmmsg; the others "
                    "force one, for diagnosis)")
@@ -63,18 +63,18 @@ def build_parser(prog: str = "bootserver") -> Parser:
     p.add_argument("--user", metavar="NAME",
                    help="after opening the link and the images, drop root and run as NAME "
                    "(images must stay readable by NAME to be reloaded)")
-    p.add_argument("--read-rate", type=_positive, metavar="N",
-                   help=f"frames per second one host may send (default {DEFAULT_READ_RATE:g}: "
-                   "an OS client "
+    p.add_argument("--read-rate", type=_positive, default=DEFAULT_READ_RATE, metavar="N",
+                   action=_Given,
+                   help="frames per second one host may send (default %(default)g: an OS client "
                    "sends one READ per 128 KiB, so ~1 GB/s per sled); a host that goes on "
                    "sending far beyond it, or fills the socket while the server cannot keep "
                    "up, is blocked in the kernel for 2 s, doubling on repeats up to 64 s; "
                    f"above {UNLIMITED_READ_RATE} no host is ever blocked, only its frames "
                    "over the rate are dropped")
-    p.add_argument("--busy-poll", type=_non_negative, metavar="USEC",
+    p.add_argument("--busy-poll", type=_non_negative, default=DEFAULT_BUSY_POLL * 1e6,
+                   metavar="USEC", action=_Given,
                    help="poll the socket this long without sleeping after each frame while "
-                   f"one sled boots, for lower latency (default {DEFAULT_BUSY_POLL * 1e6:g}; "
-                   "0: never)")
+                   "one sled boots, for lower latency (default %(default)g; 0: never)")
     p.add_argument("--scratch", metavar="DIR",
                    help="where each image's private, verified copy is kept while it is "
                    "served, inflated if compressed (default: $OXBOOT_SCRATCH or /var/tmp)")
@@ -85,20 +85,33 @@ def build_parser(prog: str = "bootserver") -> Parser:
     return p
 
 
+class _Given(argparse.Action):
+    """Store the value, and note that it was given: an option with a default
+    that the configuration file may set too wins over it only if given."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: object, option_string: str | None = None) -> None:
+        setattr(namespace, self.dest, values)
+        namespace.given = {*getattr(namespace, "given", ()), self.dest}
+
+
 def _with_command_line(config: ServerConfig, args: argparse.Namespace) -> ServerConfig:
     """The file's settings, with what the command line gives instead."""
+    given = getattr(args, "given", set())
+
+    def pick(key: str, from_file: object) -> object:
+        return getattr(args, key) if key in given or from_file is None else from_file
+
     listen = getattr(args, "listen", None)  # --listen: the status/metrics listener's option
     return dataclasses.replace(
         config,
-        image_dir=config.image_dir if args.image_dir is None else
-        config.source.parent / args.image_dir,
+        image_dir=config.image_dir if args.image_dir is None else Path(args.image_dir),
         listen=config.listen if listen is None else listen,
-        read_rate=args.read_rate or config.read_rate or DEFAULT_READ_RATE,
+        read_rate=pick("read_rate", config.read_rate),
         workers=args.workers or config.workers,
         user=args.user or config.user,
-        tx=args.tx or config.tx or TX_METHODS[0],
-        busy_poll=next(v for v in (args.busy_poll, config.busy_poll, DEFAULT_BUSY_POLL * 1e6)
-                       if v is not None),
+        tx=pick("tx", config.tx),
+        busy_poll=pick("busy_poll", config.busy_poll),
         scratch=args.scratch or config.scratch)
 
 
@@ -127,11 +140,8 @@ def _from_arguments(args: argparse.Namespace) -> ServerConfig:
     return ServerConfig(
         source=Path("."), link=args.link, images=(),
         image_dir=None if args.image_dir is None else Path(args.image_dir),
-        listen=getattr(args, "listen", None),
-        read_rate=args.read_rate or DEFAULT_READ_RATE, workers=args.workers, user=args.user,
-        tx=args.tx or TX_METHODS[0],
-        busy_poll=DEFAULT_BUSY_POLL * 1e6 if args.busy_poll is None else args.busy_poll,
-        scratch=args.scratch)
+        listen=getattr(args, "listen", None), read_rate=args.read_rate, workers=args.workers,
+        user=args.user, tx=args.tx, busy_poll=args.busy_poll, scratch=args.scratch)
 
 
 def _body(args: argparse.Namespace) -> int:
