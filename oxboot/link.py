@@ -208,7 +208,11 @@ class RawLink:
             code = ffi.errno
             hint = ""
             if code == errno.EAFNOSUPPORT:
-                hint = " (the kernel has no AF_XDP)"
+                hint = (" (the kernel has no AF_XDP, or a sandbox forbids it: systemd's "
+                        "RestrictAddressFamilies= must list AF_XDP)")
+            elif code in (errno.ENOBUFS, errno.ENOMEM):
+                hint = (" (its buffer is locked memory: raise the limit, systemd's "
+                        "LimitMEMLOCK= or ulimit -l, to 2 MiB per worker or more)")
             elif code in (errno.EBUSY, errno.EINVAL) and queue > 0:
                 hint = " (one AF_XDP socket per device queue: use fewer workers)"
             raise LinkError(code, f"{self.ifname}: cannot set up AF_XDP transmit on queue "

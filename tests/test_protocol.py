@@ -713,6 +713,114 @@ def test_server_expire() -> None:
     assert server.sessions == {} and server._buckets == {}
 
 
+def offered_slots(actions: list[protocol.Action]) -> list[int]:
+    assert all(isinstance(a, SendOffer) for a in actions), actions
+    return [a.image for a in actions]  # type: ignore[union-attr]
+
+
+def test_server_assignments_offer_each_host_only_its_images() -> None:
+    # Image 0 for CLIENT only, image 1 for CLIENT2 only, image 2 for every host.
+    server = BootServer([make_offer(sha256=bytes([i]) * 32) for i in range(3)], SRV, None,
+                        assignments=[[CLIENT], [CLIENT2], None])
+    assert offered_slots(server.receive(hello(CLIENT), 0.0)) == [0, 2]
+    assert offered_slots(server.receive(hello(CLIENT2), 0.0)) == [1, 2]
+    assert offered_slots(server.receive(hello(mac(3)), 0.0)) == [2]
+    assert server.counters["offers"] == 5
+    assert server.sessions[CLIENT].offered == (0, 2)
+    # A host assigned nothing gets nothing: no OFFER, no session.
+    server = BootServer([make_offer(), make_offer()], SRV[:2], None,
+                        assignments=[[CLIENT], [CLIENT]])
+    assert only_ignored(server.receive(hello(CLIENT2), 0.0), "no image for this host")
+    assert CLIENT2 not in server.sessions and server.counters["offers"] == 0
+    # ... nor DATA for a READ without one (a RESET: its HELLO gets nothing).
+    assert server.receive(read({0: 0}, dst=SRV[0], src=CLIENT2), 0.1) == [
+        SendReset(CLIENT2, SRV[0])]
+    # A server with no image loaded yet (an empty image folder) offers nothing.
+    server = BootServer([None], SRV[:1], None)
+    assert only_ignored(server.receive(hello(), 0.0), "no image for this host")
+
+
+def test_server_read_for_an_image_not_offered_resets() -> None:
+    server = BootServer([make_offer(), make_offer()], SRV[:2], None,
+                        assignments=[[CLIENT], [CLIENT2]])
+    server.receive(hello(CLIENT), 0.0)
+    assert server.receive(read({0: 0}, dst=SRV[1]), 0.1) == [SendReset(CLIENT, SRV[1])]
+    assert CLIENT not in server.sessions
+    server.receive(hello(CLIENT), 1.0)
+    assert server.receive(read({0: 0}, dst=SRV[0]), 1.1)[0] == SessionStarted(CLIENT, 0)
+
+
+def test_server_resumes_without_hello_only_on_the_hosts_one_image() -> None:
+    server = BootServer([make_offer(), make_offer()], SRV[:2], None,
+                        assignments=[[CLIENT], [CLIENT2]])
+    assert server.receive(read({1: CHUNK}, dst=SRV[0]), 0.0)[0] == SessionStarted(CLIENT, 0)
+    assert server.receive(read({1: CHUNK}, dst=SRV[0], src=CLIENT2), 0.0) == [
+        SendReset(CLIENT2, SRV[0])]
+
+
+def test_server_set_images_keeps_sessions_in_progress() -> None:
+    a, b, c = (make_offer(sha256=bytes([i]) * 32) for i in range(3))
+    server = BootServer([a, b], SRV[:2], None)
+    server.receive(hello(CLIENT), 0.0)
+    server.receive(read({0: 0}, dst=SRV[0]), 0.1)  # CLIENT boots image 0
+    server.receive(hello(CLIENT2), 0.2)  # CLIENT2 was offered 0 and 1
+    assert server.slots_in_use() == {0, 1}
+    # Image 0 removed, image 2 added: the boot of image 0 goes on.
+    server.set_images([None, b, c], SRV, [None, None, [CLIENT]])
+    assert server.receive(read({1: CHUNK}, dst=SRV[0]), 0.3) == [
+        ServeData(CLIENT, SRV[0], 0, (CHUNK,))]
+    # CLIENT2 took the OFFER of image 0 before it went: served too.
+    assert server.receive(read({0: 0}, dst=SRV[0], src=CLIENT2), 0.4)[0] == SessionStarted(
+        CLIENT2, 0)
+    # Its next HELLO is offered what is there now, as assigned now.
+    assert offered_slots(server.receive(hello(CLIENT), 1.0)) == [1, 2]
+    assert offered_slots(server.receive(hello(mac(3)), 1.0)) == [1]
+    # A session-less READ for the removed image: start over.
+    assert server.receive(read({0: 0}, dst=SRV[0], src=mac(4)), 1.1) == [
+        SendReset(mac(4), SRV[0])]
+    assert server.images == (None, b, c)
+
+
+def test_server_set_images_moves_a_host_for_its_next_boot() -> None:
+    a, b = make_offer(sha256=b"a" * 32), make_offer(sha256=b"b" * 32)
+    server = BootServer([a, b], SRV[:2], None, assignments=[[CLIENT], [CLIENT2]])
+    server.receive(hello(CLIENT), 0.0)
+    server.receive(read({0: 0}, dst=SRV[0]), 0.1)
+    server.set_images([a, b], SRV[:2], [[CLIENT2], [CLIENT]])
+    # The boot in progress finishes on image 0...
+    assert server.receive(read({1: CHUNK}, dst=SRV[0]), 0.2) == [
+        ServeData(CLIENT, SRV[0], 0, (CHUNK,))]
+    assert server.receive(finished(), 0.3) == [SessionFinished(CLIENT, 0)]
+    # ... and the next one is offered image 1 only.
+    assert offered_slots(server.receive(hello(), 1.0)) == [1]
+
+
+def test_server_set_images_refuses_to_move_a_slot_in_use() -> None:
+    server = make_server(2)
+    server.receive(hello(), 0.0)  # offered both
+    with pytest.raises(ValueError, match="in use"):
+        server.set_images([make_offer()], SRV[:1])
+    with pytest.raises(ValueError, match="in use"):
+        server.set_images([make_offer(), make_offer()], [SRV[0], OTHER_SRV])
+    with pytest.raises(ValueError, match="assignment"):
+        server.set_images([make_offer(), make_offer()], SRV[:2], [None])
+    assert len(server.images) == 2
+    server.sessions.clear()
+    server.set_images([make_offer()], [OTHER_SRV])  # nothing uses them now
+    assert server.server_macs == (OTHER_SRV,)
+    assert only_ignored(server.receive(read({0: 0}, dst=SRV[0]), 1.0), "not addressed")
+
+
+def test_server_set_read_rate() -> None:
+    server = make_server(read_rate=1.0, read_burst=1)
+    assert offered_slots(server.receive(hello(), 0.0)) == [0]
+    assert server.receive(hello(), 0.0) == [Ignored(CLIENT, "rate limited")]
+    server.set_read_rate(1000.0)
+    assert offered_slots(server.receive(hello(), 0.01)) == [0]
+    with pytest.raises(ValueError):
+        server.set_read_rate(0)
+
+
 def test_server_receive_bytes() -> None:
     server = make_server()
     actions = server.receive_bytes(b"\x00" * 6 + CLIENT + b"\x08\x00" + bytes(46), 0.0)
@@ -741,6 +849,9 @@ def test_server_serve_data_frames() -> None:
         ([make_offer(sha256=b"short")], SRV[:1], {}),
         ([make_offer()], SRV[:1], {"read_rate": 0}),
         ([make_offer()], SRV[:1], {"max_sessions": 0}),
+        ([make_offer()], SRV[:1], {"assignments": [None, None]}),
+        ([make_offer()], SRV[:1], {"assignments": [[b"short"]]}),
+        ([None, make_offer(sha256=b"short")], SRV[:2], {}),
     ],
 )
 def test_server_constructor_validation(images: list[Offer], macs: list[bytes], kw: dict) -> None:

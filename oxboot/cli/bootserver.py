@@ -1,22 +1,48 @@
-"""bootserver: serve boot images to sleds over raw Ethernet (original usage kept)."""
+"""bootserver: serve boot images to sleds over raw Ethernet (original usage
+kept), or as a permanent lab server described by a configuration file."""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
-from oxboot.cli.common import Parser, UsageError, run_network_command
+from oxboot.cli.common import Parser, UsageError, fail, run_network_command
 from oxboot.errors import LinkError
 from oxboot.link import TX_METHODS, parse_mac
 from oxboot.protocol import DEFAULT_READ_RATE
 from oxboot.serve import DEFAULT_BUSY_POLL, EventLog, Server
+from oxboot.serve.config import ConfigError, ServerConfig, known_user, load_config
 from oxboot.serve.receiver import UNLIMITED_READ_RATE
+
+#: Exit status for a configuration file that cannot be used (a usage error
+#: of the file, as 2 is for a command line in most tools).
+CONFIG_ERROR_STATUS = 2
+POSITIONALS = ("LINK", "IMAGE_FILE", "MAC|any")
 
 
 def build_parser(prog: str = "bootserver") -> Parser:
-    p = Parser(prog=prog, description="Serve Oxide boot images over raw Ethernet "
-               "(ethertype 0x1DE0) to sleds that boot from the network.")
+    p = Parser(prog=prog, usage="%(prog)s [options] LINK IMAGE_FILE MAC|any\n"
+               "       %(prog)s [options] --config FILE",
+               description="Serve Oxide boot images over raw Ethernet (ethertype 0x1DE0) "
+               "to sleds that boot from the network: LINK IMAGE_FILE "
+               "MAC|any, or --config FILE for a permanent lab server. SIGHUP re-reads the "
+               "configuration (boots in progress go on); SIGTERM and SIGINT stop the "
+               "server (exit 0).")
+    p.add_argument("--config", metavar="FILE",
+                   help="take the link, the images and which sleds get which, and the "
+                   "options below from this TOML file (see README, \"Configuration "
+                   "file\"), instead of LINK IMAGE_FILE MAC|any; options given on the "
+                   "command line win over the file's; a mistake in it: one line naming "
+                   "the key and the line, exit status 2")
+    p.add_argument("--image-dir", metavar="DIR",
+                   help="serve every valid image in DIR too, offered to every sled (unless "
+                   "the configuration assigns it); files added, replaced (by rename) or "
+                   "removed count from the next HELLO, no restart needed; an invalid one is "
+                   "an error event and skipped")
     p.add_argument("-s", "--single", action="store_true",
                    help="exit 0 after the first completed boot; any failure is fatal")
     p.add_argument("-t", "--hello-timeout", type=float, metavar="SECONDS",
@@ -25,7 +51,7 @@ def build_parser(prog: str = "bootserver") -> Parser:
                    help="serve this image too (repeatable); sleds take the one whose "
                    "checksum their boot archive wants")
     p.add_argument("--json", action="store_true", help="one JSON object per event on stdout")
-    p.add_argument("--tx", choices=TX_METHODS, default=TX_METHODS[0],
+    p.add_argument("--tx", choices=TX_METHODS, default=TX_METHODS[0], action=_Given,
                    help="DATA transmit mechanism (default auto: AF_XDP where the worker's "
                    "device queue allows, the fastest measured, else sendmmsg; the others "
                    "force one, for diagnosis)")
@@ -38,6 +64,7 @@ def build_parser(prog: str = "bootserver") -> Parser:
                    help="after opening the link and the images, drop root and run as NAME "
                    "(images must stay readable by NAME to be reloaded)")
     p.add_argument("--read-rate", type=_positive, default=DEFAULT_READ_RATE, metavar="N",
+                   action=_Given,
                    help="frames per second one host may send (default %(default)g: an OS client "
                    "sends one READ per 128 KiB, so ~1 GB/s per sled); a host that goes on "
                    "sending far beyond it, or fills the socket while the server cannot keep "
@@ -45,44 +72,115 @@ def build_parser(prog: str = "bootserver") -> Parser:
                    f"above {UNLIMITED_READ_RATE} no host is ever blocked, only its frames "
                    "over the rate are dropped")
     p.add_argument("--busy-poll", type=_non_negative, default=DEFAULT_BUSY_POLL * 1e6,
-                   metavar="USEC",
+                   metavar="USEC", action=_Given,
                    help="poll the socket this long without sleeping after each frame while "
                    "one sled boots, for lower latency (default %(default)g; 0: never)")
     p.add_argument("--scratch", metavar="DIR",
                    help="where each image's private, verified copy is kept while it is "
                    "served, inflated if compressed (default: $OXBOOT_SCRATCH or /var/tmp)")
-    p.add_argument("link", metavar="LINK", help="network interface, e.g. eth1")
-    p.add_argument("image_file", metavar="IMAGE_FILE", help="boot image to serve")
-    p.add_argument("mac", metavar="MAC|any", help="serve only this host, or every host")
+    p.add_argument("link", metavar="LINK", nargs="?", help="network interface, e.g. eth1")
+    p.add_argument("image_file", metavar="IMAGE_FILE", nargs="?", help="boot image to serve")
+    p.add_argument("mac", metavar="MAC|any", nargs="?",
+                   help="serve only this host, or every host")
     return p
 
 
+class _Given(argparse.Action):
+    """Store the value, and note that it was given: an option with a default
+    that the configuration file may set too wins over it only if given."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: object, option_string: str | None = None) -> None:
+        setattr(namespace, self.dest, values)
+        namespace.given = {*getattr(namespace, "given", ()), self.dest}
+
+
+def _with_command_line(config: ServerConfig, args: argparse.Namespace) -> ServerConfig:
+    """The file's settings, with what the command line gives instead."""
+    given = getattr(args, "given", set())
+
+    def pick(key: str, from_file: object) -> object:
+        return getattr(args, key) if key in given or from_file is None else from_file
+
+    listen = getattr(args, "listen", None)  # --listen: the status/metrics listener's option
+    return dataclasses.replace(
+        config,
+        image_dir=config.image_dir if args.image_dir is None else Path(args.image_dir),
+        listen=config.listen if listen is None else listen,
+        read_rate=pick("read_rate", config.read_rate),
+        workers=args.workers or config.workers,
+        user=args.user or config.user,
+        tx=pick("tx", config.tx),
+        busy_poll=pick("busy_poll", config.busy_poll),
+        scratch=args.scratch or config.scratch)
+
+
+def _from_config(args: argparse.Namespace) -> ServerConfig:
+    given = [name for name, value in zip(POSITIONALS, (args.link, args.image_file, args.mac),
+                                         strict=True) if value is not None]
+    if given or args.image:
+        raise UsageError(f"--config takes the link and the images from the file: give "
+                         f"--config FILE or {' '.join(POSITIONALS)}, not both (also got "
+                         f"{', '.join(given) or '--image'})")
+    if args.user is not None and not known_user(args.user):
+        raise UsageError(f"no such user: {args.user}")
+    return _with_command_line(load_config(args.config), args)
+
+
+def _from_arguments(args: argparse.Namespace) -> ServerConfig:
+    missing = [name for name, value in zip(POSITIONALS, (args.link, args.image_file, args.mac),
+                                           strict=True) if value is None]
+    if missing:
+        raise UsageError(f"the following arguments are required: {', '.join(missing)} "
+                         "(or --config FILE)")
+    if args.user is not None and not known_user(args.user):
+        raise UsageError(f"no such user: {args.user}")
+    if args.image_dir is not None and not os.path.isdir(args.image_dir):
+        raise UsageError(f"--image-dir: not a folder: {args.image_dir}")
+    return ServerConfig(
+        source=Path("."), link=args.link, images=(),
+        image_dir=None if args.image_dir is None else Path(args.image_dir),
+        listen=getattr(args, "listen", None), read_rate=args.read_rate, workers=args.workers,
+        user=args.user, tx=args.tx, busy_poll=args.busy_poll, scratch=args.scratch)
+
+
 def _body(args: argparse.Namespace) -> int:
-    if args.mac == "any":
-        allow = None
-    else:
-        try:
-            allow = [parse_mac(args.mac)]
-        except ValueError as e:
-            raise UsageError(str(e)) from None
     if args.workers is not None and args.workers < 1:
         raise UsageError("--workers must be at least 1")
     if args.hello_timeout is not None and args.hello_timeout <= 0:
         raise UsageError("-t needs a positive number of seconds")
-    if args.user is not None:
-        import pwd
-
-        try:
-            pwd.getpwuid(int(args.user)) if args.user.isdigit() else pwd.getpwnam(args.user)
-        except KeyError:
-            raise UsageError(f"no such user: {args.user}") from None
-    log = EventLog(json_mode=args.json)
+    allow = None
     try:
-        server = Server(args.link, [args.image_file, *args.image], allow, once=args.single,
+        if args.config is not None:
+            config = _from_config(args)
+            images = [str(e.path) for e in config.images]
+            assignments = [e.sleds for e in config.images]
+        else:
+            config = _from_arguments(args)
+            if args.mac != "any":
+                try:
+                    allow = [parse_mac(args.mac)]
+                except ValueError as e:
+                    raise UsageError(str(e)) from None
+            images = [args.image_file, *args.image]
+            assignments = None
+    except ConfigError as e:
+        return fail(str(e), CONFIG_ERROR_STATUS)
+
+    def reload() -> ServerConfig:  # SIGHUP
+        return _with_command_line(load_config(args.config), args)
+
+    log = EventLog(json_mode=args.json)
+    assert config.read_rate is not None and config.busy_poll is not None
+    try:
+        server = Server(config.link, images, allow, once=args.single,
                         hello_timeout=args.hello_timeout, log=log,
-                        tx_method=args.tx, scratch=args.scratch, workers=args.workers,
-                        user=args.user, read_rate=args.read_rate,
-                        busy_poll=args.busy_poll / 1e6)
+                        tx_method=config.tx or TX_METHODS[0], scratch=config.scratch,
+                        workers=config.workers, user=config.user,
+                        read_rate=config.read_rate, busy_poll=config.busy_poll / 1e6,
+                        assignments=assignments, image_dir=config.image_dir,
+                        listen=config.listen,
+                        reload=reload if args.config is not None else None)
     except LinkError as e:
         raise UsageError(e.strerror or str(e)) from None
     return server.run()

@@ -110,6 +110,7 @@ class Session:
     retransmits: int = 0  # offsets requested again
     finished: bool = False
     high_water: int = 0  # end of the highest chunk requested so far
+    offered: tuple[int, ...] = ()  # the images its HELLO was offered (one of them it boots)
 
 
 @dataclass(slots=True)
@@ -117,6 +118,31 @@ class _Bucket:
     tokens: float
     stamp: float
     limited: bool = False
+
+
+def _image_table(images: Sequence[Offer | None], server_macs: Sequence[bytes],
+                 assignments: Sequence[Collection[bytes] | None] | None,
+                 ) -> tuple[tuple[Offer | None, ...], tuple[bytes, ...],
+                            tuple[frozenset[bytes] | None, ...]]:
+    """Check a :class:`BootServer`'s image table; returns it as tuples."""
+    if not images or len(images) != len(server_macs):
+        raise ValueError("need one server MAC per image, and at least one image")
+    if assignments is None:
+        assignments = [None] * len(images)
+    if len(assignments) != len(images):
+        raise ValueError("need one assignment (or None) per image")
+    macs = tuple(check_mac(m, "server MAC") for m in server_macs)
+    if len(set(macs)) != len(macs):
+        raise ValueError("server MACs must be distinct")
+    if any(m[0] & 1 for m in macs):
+        raise ValueError("server MACs must be unicast")
+    for image, mac in zip(images, macs, strict=True):
+        if image is not None:
+            pack_frame(BROADCAST, mac, image)  # reject unsendable offers now
+    assigned = tuple(None if hosts is None else frozenset(check_mac(m, "assigned MAC")
+                                                          for m in hosts)
+                     for hosts in assignments)
+    return tuple(images), macs, assigned
 
 
 # An OS client mid-transfer sends a READ at least every second (that is its
@@ -130,32 +156,32 @@ class BootServer:
     ``images[i]`` is offered from ``server_macs[i]``; because the client
     sends its READs to the MAC of the offer it accepted, the destination of
     a READ says which image that client took. ``allow=None`` serves any host.
+
+    ``images[i]`` may be None: a slot that offers nothing (an image removed
+    while sleds may still be booting it, or not loaded yet); sessions already
+    on it go on. ``assignments[i]`` is the set of hosts image ``i`` is offered
+    to, None for every host: a host is offered only the images assigned to
+    it, and a host assigned none gets no OFFER at all.
     """
 
     def __init__(
         self,
-        images: Sequence[Offer],
+        images: Sequence[Offer | None],
         server_macs: Sequence[bytes],
         allow: Collection[bytes] | None,
         *,
+        assignments: Sequence[Collection[bytes] | None] | None = None,
         read_rate: float = DEFAULT_READ_RATE,
         read_burst: int = 256,
         max_sessions: int = 1024,
         idle_timeout: float = 60.0,
     ) -> None:
-        if not images or len(images) != len(server_macs):
-            raise ValueError("need one server MAC per image, and at least one image")
-        macs = tuple(check_mac(m, "server MAC") for m in server_macs)
-        if len(set(macs)) != len(macs):
-            raise ValueError("server MACs must be distinct")
-        if any(m[0] & 1 for m in macs):
-            raise ValueError("server MACs must be unicast")
-        for image, mac in zip(images, macs, strict=True):
-            pack_frame(BROADCAST, mac, image)  # reject unsendable offers now
+        table = _image_table(images, server_macs, assignments)
         if read_rate <= 0 or read_burst < 1 or max_sessions < 1 or idle_timeout <= 0:
             raise ValueError("rates, burst, max_sessions and idle_timeout must be > 0")
-        self.images: tuple[Offer, ...] = tuple(images)
-        self.server_macs: tuple[bytes, ...] = macs
+        self.images: tuple[Offer | None, ...] = table[0]
+        self.server_macs: tuple[bytes, ...] = table[1]
+        self.assignments: tuple[frozenset[bytes] | None, ...] = table[2]
         self.allow: frozenset[bytes] | None = (
             None if allow is None else frozenset(check_mac(m, "allowed MAC") for m in allow)
         )
@@ -167,7 +193,7 @@ class BootServer:
         # to end) so eviction scans from the front and usually stops at once.
         self.sessions: dict[bytes, Session] = {}
         self.counters: Counter[str] = Counter()
-        self._image_of = {mac: i for i, mac in enumerate(macs)}
+        self._image_of = {mac: i for i, mac in enumerate(self.server_macs)}
         self._buckets: dict[bytes, _Bucket] = {}
         self._max_buckets = max(4 * max_sessions, 64)
 
@@ -241,6 +267,42 @@ class BootServer:
         pack_frame(BROADCAST, self.server_macs[index], offer)  # reject unsendable offers now
         self.images = (*self.images[:index], offer, *self.images[index + 1:])
 
+    def set_images(self, images: Sequence[Offer | None], server_macs: Sequence[bytes],
+                   assignments: Sequence[Collection[bytes] | None] | None = None) -> None:
+        """Replace the whole image table (a re-read configuration, a changed
+        image folder), as in the constructor. Sessions in progress go on: a
+        slot a session booted or was offered must keep its MAC (a client
+        goes on sending its READs there), so only new slots may be added."""
+        images_, macs, assigned = _image_table(images, server_macs, assignments)
+        for i in self.slots_in_use():
+            if i >= len(macs) or macs[i] != self.server_macs[i]:
+                raise ValueError(f"image {i} is in use: its MAC cannot change")
+        self.images, self.server_macs, self.assignments = images_, macs, assigned
+        self._image_of = {mac: i for i, mac in enumerate(macs)}
+
+    def slots_in_use(self) -> set[int]:
+        """The image slots some session boots or was offered (and may take)."""
+        used: set[int] = set()
+        for s in self.sessions.values():
+            if s.image is not None:
+                used.add(s.image)
+            else:
+                used.update(s.offered)
+        return used
+
+    def set_read_rate(self, read_rate: float) -> None:
+        """Meter each host's READs and HELLOs at ``read_rate`` from now on."""
+        if not read_rate > 0:
+            raise ValueError("the read rate must be > 0")
+        self.read_rate = float(read_rate)
+
+    def offerable(self, mac: bytes) -> list[int]:
+        """The images a HELLO from ``mac`` is offered: loaded, and assigned
+        to it or to every host."""
+        return [i for i, (offer, hosts) in enumerate(zip(self.images, self.assignments,
+                                                          strict=True))
+                if offer is not None and (hosts is None or mac in hosts)]
+
     def note_progress(self, mac: bytes, last_seen: float, high_water: int) -> None:
         """READs of ``mac`` answered outside :meth:`receive` (the C core's
         fast path): its session was seen at ``last_seen`` and asked up to
@@ -261,13 +323,18 @@ class BootServer:
             return self._rate_limited(src)
         # A fresh HELLO means the sled rebooted: whatever it had is gone.
         self.sessions.pop(src, None)
-        if self._new_session(src, now) is None:
+        slots = self.offerable(src)
+        if not slots:
+            # Assigned nothing: not even an OFFER, the sled waits as it
+            # would with no server at all.
+            return self._ignore(src, "no image for this host")
+        session = self._new_session(src, now)
+        if session is None:
             return self._ignore(src, "session table full")
-        self.counters["offers"] += len(self.images)
-        return [
-            SendOffer(src, mac, i, offer)
-            for i, (offer, mac) in enumerate(zip(self.images, self.server_macs, strict=True))
-        ]
+        session.offered = tuple(slots)
+        self.counters["offers"] += len(slots)
+        return [SendOffer(src, self.server_macs[i], i, offer)
+                for i in slots if (offer := self.images[i]) is not None]
 
     def _on_read(self, src: bytes, dst: bytes, offsets: list[int], now: float) -> list[Action]:
         image = self._image_of.get(dst)
@@ -281,19 +348,26 @@ class BootServer:
         actions: list[Action] = []
         session = self.sessions.get(src)
         if session is None:
-            if len(self.images) != 1:
-                # Several images and no HELLO seen: we cannot vouch for what
-                # the client was offered, so make it start over.
+            if self.offerable(src) != [image]:
+                # Several images (or this one is not the host's) and no
+                # HELLO seen: we cannot vouch for what the client was
+                # offered, so make it start over.
                 self.counters["resets"] += 1
                 return [SendReset(src, dst)]
-            # One image: the sled is resuming after a server restart.
+            # Its one image: the sled is resuming after a server restart.
             session = self._new_session(src, now)
             if session is None:
                 return self._ignore(src, "session table full")
+            session.offered = (image,)
         self._touch(session, now)
         if session.finished:
             return self._ignore(src, "READ after FINISHED")
         if session.image is None:
+            if image not in session.offered:
+                # An image this host was not offered: start over.
+                del self.sessions[src]
+                self.counters["resets"] += 1
+                return [SendReset(src, dst)]
             session.image = image
             actions.append(SessionStarted(src, image))
         elif session.image != image:

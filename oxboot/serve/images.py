@@ -12,7 +12,7 @@ from __future__ import annotations
 import mmap
 import os
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -109,18 +109,24 @@ def netboot_warnings(image: ServedImage) -> list[str]:
 
 
 class ImageStore:
-    """The image files a server offers, each in its current version.
+    """The image files a server offers, each in its current version, by slot.
 
-    All are loaded (and verified) at start-up, or the server does not
-    start. Later, :meth:`current` re-opens a file that changed on disk; an
-    image that can no longer be served is ``None`` until its file is fixed.
+    A slot is an image's index (its OFFER's source MAC, see
+    :func:`oxboot.link.image_mac`). The images given at start-up are all
+    loaded (and verified), or the server does not start. Later,
+    :meth:`current` re-opens a file that changed on disk; an image that can
+    no longer be served is ``None`` until its file is fixed. Images come and
+    go at runtime too (an image folder, a re-read configuration): :meth:`add`
+    loads one into a free slot, :meth:`remove` frees its slot (sessions keep
+    the version they hold).
     """
 
     def __init__(self, paths: Sequence[str | os.PathLike[str]], scratch: str | None,
                  log: EventLog, *, strict: bool = False,
-                 on_new_version: Callable[[int, ServedImage], None] | None = None) -> None:
-        self.paths = [Path(p) for p in paths]
-        if not self.paths:
+                 on_new_version: Callable[[int, ServedImage], None] | None = None,
+                 required: bool = True) -> None:
+        self.paths: list[Path | None] = [Path(p) for p in paths]
+        if not self.paths and required:
             raise ImageError("no image to serve")
         self.scratch = scratch
         self.log = log
@@ -128,21 +134,80 @@ class ImageStore:
         self.on_new_version = on_new_version
         self.errors = 0
         self.loaded: list[ServedImage] = []
-        for p in self.paths:
+        for p in paths:
             img = load_image(p, scratch)  # raises if it cannot be served
             for note in netboot_warnings(img):
                 log.event("warning", note, message=note)
             self.loaded.append(img)
-        # None: an image that became unservable since (see _error).
+        # None: an image that became unservable since (see _error), or a
+        # free slot.
         self.images: list[ServedImage | None] = list(self.loaded)
+        if not self.paths:  # none yet (an image folder): slot 0 waits for one
+            self.paths.append(None)
+            self.images.append(None)
         self._unreadable: set[int] = set()
+        # Files add() could not load, as which version: reported once, tried
+        # again only once they change.
+        self._failed: dict[Path, tuple[int, int, int, int] | None] = {}
 
     def __len__(self) -> int:
         return len(self.paths)
 
+    def slot_of(self, path: Path) -> int | None:
+        """The slot serving `path`, if one does."""
+        try:
+            return self.paths.index(path)
+        except ValueError:
+            return None
+
+    def add(self, path: Path, free: Sequence[int]) -> int | None:
+        """Load `path` into the first slot of `free` (else a new slot at the
+        end); returns the slot, or None, with an ``error`` event the first
+        time, if this version of the file cannot be served."""
+        try:
+            stamp: tuple[int, int, int, int] | None = _stamp(path.stat())
+        except OSError:
+            stamp = None
+        if path in self._failed and self._failed[path] == stamp:
+            return None
+        try:
+            img = load_image(path, self.scratch)
+        except (ImageError, OSError, ValueError) as e:
+            self._failed[path] = stamp
+            self.errors += 1
+            message = str(e) if str(path) in str(e) else f"{path}: {e}"
+            self.log.event("error", f"cannot serve {message}", image=str(path),
+                           message=message)
+            return None
+        self._failed.pop(path, None)
+        for note in netboot_warnings(img):
+            self.log.event("warning", note, message=note)
+        slot = free[0] if free else len(self.paths)
+        if slot == len(self.paths):
+            self.paths.append(None)
+            self.images.append(None)
+        self.paths[slot] = path
+        self.images[slot] = img
+        self._unreadable.discard(slot)
+        return slot
+
+    def remove(self, index: int) -> None:
+        """Serve nothing from slot `index` any more (its file is gone from
+        the configuration or the folder)."""
+        self.paths[index] = None
+        self.images[index] = None
+        self._unreadable.discard(index)
+
+    def forget_failures(self, keep: Collection[Path]) -> None:
+        """Forget the failed files not in `keep` (gone from the folder)."""
+        for path in [p for p in self._failed if p not in keep]:
+            del self._failed[path]
+
     def current(self, index: int) -> ServedImage | None:
         """Image `index`, re-opened first if the file changed since it was loaded."""
         path = self.paths[index]
+        if path is None:
+            return None
         current = self.images[index]
         try:
             st = path.stat()

@@ -10,9 +10,11 @@ their own module.
 from __future__ import annotations
 
 import os
+import signal
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
+from pathlib import Path
 
 from oxboot._native import ReadOffsets, fanout_index
 from oxboot.errors import BootError
@@ -26,20 +28,24 @@ from oxboot.protocol import (
     BootServer,
     Ignored,
     MsgType,
+    Offer,
     SendOffer,
     SendReset,
     ServeData,
     SessionFinished,
     SessionStarted,
 )
+from oxboot.serve.config import ConfigError, ImageEntry, ServerConfig
 from oxboot.serve.events import EventLog
 from oxboot.serve.images import ImageStore, ServedImage
 from oxboot.serve.policy import BlockPolicy
 from oxboot.serve.receiver import READ_BURST, Receiver
 from oxboot.serve.stats import RxTotals, SledState, progress_row, server_stats
 from oxboot.serve.txworkers import Job, TxPool
+from oxboot.serve.watch import DirWatch, image_files
 
 _READ_TYPE = int(MsgType.READ).to_bytes(4, "big")
+_HELLO_TYPE = int(MsgType.HELLO).to_bytes(4, "big")
 
 #: Transmit workers by default. One, sending from the receive loop itself:
 #: measured on a 2-core machine (BENCHMARKS.md), a second worker thread
@@ -61,8 +67,24 @@ PROTOCOL_RATE_MARGIN = 1.25
 SNAPSHOT_SECONDS = 0.1
 
 
+def _norm(path: str | os.PathLike[str]) -> Path:
+    """One spelling per file, to tell whether two paths are the same image."""
+    return Path(os.path.abspath(path))
+
+
 class Server:
-    """Serve images on one link until stopped (or, with `once`, one boot)."""
+    """Serve images on one link until stopped (or, with `once`, one boot).
+
+    `assignments[i]`, if given, is the set of sleds `images[i]` is offered
+    to (None: every sled). With `image_dir`, every valid image in that
+    folder is served too (offered to every sled), and files added, replaced
+    or removed there count from the next HELLO. On SIGHUP, `reload` (a
+    re-read configuration file) gives the images, their assignments and the
+    read rate anew; boots in progress go on with the version they started.
+    SIGTERM and SIGINT stop the server cleanly (:meth:`run` returns 0).
+    `listen` (``ADDR:PORT`` of the HTTP status/metrics listener) is kept
+    for the listener, which is not part of this class.
+    """
 
     def __init__(self, link: str, images: Sequence[str | os.PathLike[str]],
                  allow: Sequence[bytes] | None, *, once: bool = False,
@@ -71,11 +93,36 @@ class Server:
                  read_rate: float = DEFAULT_READ_RATE, workers: int | None = None,
                  user: str | None = None, busy_poll: float = DEFAULT_BUSY_POLL,
                  fast_path: bool = True,
-                 on_ready: Callable[[Server], None] | None = None) -> None:
+                 on_ready: Callable[[Server], None] | None = None,
+                 assignments: Sequence[Collection[bytes] | None] | None = None,
+                 image_dir: str | os.PathLike[str] | None = None,
+                 listen: str | None = None,
+                 reload: Callable[[], ServerConfig] | None = None) -> None:
         self.log = log or EventLog()
+        self.listen = listen
+        self._reloader = reload
+        self._reload_pending = False
+        self.stopped_by: str | None = None
+        if assignments is not None and len(assignments) != len(images):
+            raise ValueError("one assignment (or None) per image")
+        sleds = assignments or [None] * len(images)
+        self._plan = tuple(ImageEntry(_norm(p), None if a is None else frozenset(a))
+                           for p, a in zip(images, sleds, strict=True))
+        self._image_dir = _norm(image_dir) if image_dir is not None else None
+        self._watch = DirWatch(self._image_dir) if self._image_dir is not None else None
         self.store = ImageStore(images, scratch, self.log, strict=once,
-                                on_new_version=self._new_version)
-        loaded = self.store.loaded
+                                on_new_version=self._new_version,
+                                required=image_dir is None)
+        if self._watch is not None:
+            if self._watch.fallback:
+                self.log.event("warning", f"{self._image_dir}: changes found by comparing "
+                               f"its listing ({self._watch.fallback})",
+                               message=self._watch.fallback)
+            wanted = self._wanted()
+            for path in wanted:
+                if self._slot_of(path) is None:
+                    free = [i for i, q in enumerate(self.store.paths) if q is None]
+                    self.store.add(path, free)
         self.link = RawLink(link, [])
         self.macs = [image_mac(self.link.mac, i) for i in range(len(self.store))]
         for mac in self.macs[1:]:
@@ -89,6 +136,8 @@ class Server:
         fast = tx_method != "send" and fast_path
         self.pool = TxPool(link, n_workers, tx_method, threaded=not fast)
         self._read_rate = read_rate
+        self._tx_method = tx_method
+        self._user = user
         self.receivers: list[Receiver] = []
         try:
             self.receivers.append(Receiver(self.link, self.pool.inline, read_rate, fast))
@@ -111,8 +160,9 @@ class Server:
         # `read_rate` (so the queue never overflows and costs others their
         # frames), and the protocol layer meters READs and HELLOs per source
         # again, PROTOCOL_RATE_MARGIN times looser.
-        self.proto = BootServer([img.offer for img in loaded], self.macs,
+        self.proto = BootServer(self._offers(), self.macs,
                                 None if allow is None else list(allow),
+                                assignments=self._assignments(self._wanted()),
                                 read_rate=read_rate * PROTOCOL_RATE_MARGIN,
                                 read_burst=READ_BURST)
         # The protocol state and the I/O layer's bookkeeping are shared by
@@ -139,26 +189,171 @@ class Server:
         self.log.event("transmit", f"DATA leaves by {', '.join(methods)} (worker by worker)"
                        + (f"; AF_XDP not used: {'; '.join(fallbacks)}" if fallbacks else ""),
                        methods=methods, fallbacks=fallbacks)
-        for i, img in enumerate(loaded):
-            self.log.event("image", f"{img.path} ({human(img.size)}, sha256 "
-                           f"{img.header.sha256.hex()[:16]}…) offered from "
-                           f"{mac_str(self.macs[i])}", image=str(img.path), index=i,
-                           mac=mac_str(self.macs[i]), size=img.size,
-                           sha256=img.header.sha256.hex())
+        for i, img in enumerate(self.store.images):
+            if img is not None:
+                self._image_event(i, img)
+        if not any(self.store.images):
+            self.log.event("warning", f"no image to serve yet: waiting for one in "
+                           f"{self._image_dir}", message="no image to serve yet")
 
-    # ---- image versions ---------------------------------------------------
+    def _image_event(self, i: int, img: ServedImage) -> None:
+        assigned = self.proto.assignments[i] if hasattr(self, "proto") else None
+        sleds = sorted(mac_str(m) for m in assigned) if assigned is not None else None
+        self.log.event("image", f"{img.path} ({human(img.size)}, sha256 "
+                       f"{img.header.sha256.hex()[:16]}…) offered from "
+                       f"{mac_str(self.macs[i])}"
+                       + (f" to {', '.join(sleds) or 'no sled'}" if sleds is not None else ""),
+                       image=str(img.path), index=i, mac=mac_str(self.macs[i]),
+                       size=img.size, sha256=img.header.sha256.hex(), sleds=sleds)
+
+    # ---- image versions and the image set ---------------------------------
 
     def _new_version(self, index: int, img: ServedImage) -> None:
         # Only after start-up: the protocol layer is made from the first ones.
         if hasattr(self, "proto"):
             self.proto.replace_offer(index, img.offer)
 
+    def _slot_of(self, path: Path) -> int | None:
+        for i, p in enumerate(self.store.paths):
+            if p is not None and _norm(p) == path:
+                return i
+        return None
+
+    def _wanted(self) -> dict[Path, frozenset[bytes] | None]:
+        """The images to serve now, and whom each is for: the configured
+        ones, then the image folder's (for every sled unless configured)."""
+        wanted = {e.path: e.sleds for e in self._plan}
+        if self._image_dir is not None:
+            for path in image_files(self._image_dir):
+                wanted.setdefault(_norm(path), None)
+        return wanted
+
+    def _offers(self) -> list[Offer | None]:
+        return [None if img is None else img.offer for img in self.store.images]
+
+    def _assignments(self, wanted: dict[Path, frozenset[bytes] | None],
+                     ) -> list[frozenset[bytes] | None]:
+        return [None if p is None else wanted.get(_norm(p)) for p in self.store.paths]
+
+    def _update_images(self) -> None:
+        """Make the served set what :meth:`_wanted` says (with the lock):
+        images no longer wanted stop being offered (their boots in progress
+        go on), new ones are loaded into free slots, each with a MAC of its
+        own, and the protocol layer gets the new table."""
+        wanted = self._wanted()
+        if self._image_dir is not None:
+            self.store.forget_failures(wanted)
+        for i, path in enumerate(self.store.paths):
+            if path is not None and _norm(path) not in wanted:
+                self.store.remove(i)
+                self.log.event("removed", f"{path} no longer offered (boots of it in "
+                               "progress go on)", image=str(path), index=i)
+        # A slot is free for another image once no session can still READ
+        # from its MAC expecting the old one.
+        busy = (self.proto.slots_in_use() | {s.index for s in self.sleds.values()}
+                | {k[1] for k in self._offered})
+        added = []
+        for path in wanted:
+            if self._slot_of(path) is not None:
+                continue
+            free = [i for i, q in enumerate(self.store.paths) if q is None and i not in busy]
+            slot = self.store.add(path, free)
+            if slot is None:
+                continue
+            busy.add(slot)
+            while len(self.macs) < len(self.store):
+                mac = image_mac(self.link.mac, len(self.macs))
+                self.link.add_unicast(mac)  # its READs must reach us
+                self.macs.append(mac)
+            added.append(slot)
+        self.proto.set_images(self._offers(), self.macs, self._assignments(wanted))
+        for slot in added:
+            img = self.store.images[slot]
+            if img is not None:
+                self._image_event(slot, img)
+
+    def _refresh_images(self) -> None:
+        """On a HELLO and once a second: take in what changed in the image
+        folder (with the lock)."""
+        if self._watch is not None and self._watch.changed():
+            self._update_images()
+
+    def _reload(self) -> None:
+        """SIGHUP: re-read the configuration (with the lock)."""
+        if self._reloader is None:
+            self.log.event("warning", "SIGHUP: no configuration file to re-read (see "
+                           "--config); the image folder is read again",
+                           message="no configuration file")
+            self._update_images()
+            return
+        try:
+            config = self._reloader()
+        except ConfigError as e:
+            self.log.event("error", f"configuration not re-read, the previous one stays: {e}",
+                           message=str(e))
+            return
+        self._plan = tuple(ImageEntry(_norm(e.path), e.sleds) for e in config.images)
+        image_dir = _norm(config.image_dir) if config.image_dir is not None else None
+        if image_dir != self._image_dir:
+            if self._watch is not None:
+                self._watch.close()
+            self._image_dir = image_dir
+            self._watch = DirWatch(image_dir) if image_dir is not None else None
+        if config.read_rate is not None and config.read_rate != self._read_rate:
+            self._read_rate = config.read_rate
+            self.proto.set_read_rate(config.read_rate * PROTOCOL_RATE_MARGIN)
+            for r in self.receivers:
+                r.set_read_rate(config.read_rate)
+        if config.busy_poll is not None:
+            self.busy_poll = config.busy_poll / 1e6
+        restart = [key for key, now, then in (
+            ("link", config.link, self.link.ifname), ("listen", config.listen, self.listen),
+            ("workers", config.workers or DEFAULT_WORKERS, len(self.pool.workers)),
+            ("tx", config.tx or "auto", self._tx_method), ("user", config.user, self._user),
+            ("scratch", config.scratch, self.store.scratch)) if now != then]
+        if restart:
+            self.log.event("warning", f"{config.source}: {', '.join(restart)} changed: "
+                           "takes effect after a restart", message="restart needed",
+                           keys=restart)
+        self._update_images()
+        served = sum(1 for img in self.store.images if img is not None)
+        self.log.event("config", f"{config.source} re-read: {served} images served",
+                       path=str(config.source), images=served)
+
     # ---- the loop ---------------------------------------------------------
 
-    def stop(self) -> None:
+    def stop(self, reason: str | None = None) -> None:
+        """End :meth:`run` (from a signal handler, or another thread)."""
+        self.stopped_by = self.stopped_by or reason
         self._stop = True
 
+    def _on_signal(self, signum: int, frame: object) -> None:
+        if signum == signal.SIGHUP:
+            # Done by the loop, between frames, within a second.
+            self._reload_pending = True
+            return
+        self.stop(signal.Signals(signum).name)
+        try:
+            os.write(self._wake_w, b"x")  # the main loop's wait returns now
+        except OSError:
+            pass
+
+    def _install_signals(self) -> Callable[[], None]:
+        """SIGTERM, SIGINT: stop cleanly; SIGHUP: re-read the configuration.
+        Returns what puts the previous handlers back (only the main thread
+        may set them: run elsewhere, nothing changes)."""
+        if threading.current_thread() is not threading.main_thread():
+            return lambda: None
+        previous = {sig: signal.signal(sig, self._on_signal)
+                    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+
+        def restore() -> None:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        return restore
+
     def run(self) -> int:
+        restore = self._install_signals()
         try:
             return self._loop()
         finally:
@@ -168,14 +363,22 @@ class Server:
             for r in self.receivers:  # their threads are done: counters are final
                 r.snapshot()
             self.pool.drain()
-            if self.log.json:
-                self.log.event("stats", "", final=True, **self.stats())
+            stats = self.stats()
+            if self.stopped_by is not None:
+                self.log.event("stopped", f"stopped by {self.stopped_by}: {self.finished} "
+                               f"boots finished", signal=self.stopped_by,
+                               finished=self.finished)
+            self.log.event("stats", f"boots finished: {self.finished}, DATA frames sent: "
+                           f"{stats.get('tx_frames', 0)}", final=True, **stats)
             self.pool.stop()
             for r in self.receivers[1:]:
                 r.link.close()
             self.link.close()
+            if self._watch is not None:
+                self._watch.close()
             os.close(self._wake_r)
             os.close(self._wake_w)
+            restore()
 
     def _loop(self) -> int:
         start = time.monotonic()
@@ -212,6 +415,10 @@ class Server:
             spin = self.busy_poll if len(self.sleds) <= 1 else 0.0
             if self._handle(rx, timeout, spin, self._wake_r):
                 return 0
+            if self._reload_pending:
+                self._reload_pending = False
+                with self._lock:
+                    self._reload()
             now = time.monotonic()
             inline.serve_one()
             if self._failure is not None:
@@ -238,6 +445,9 @@ class Server:
             if flagged:
                 self._block(flagged, now)
             for buf in received:
+                if buf[18:22] == _HELLO_TYPE:
+                    # Offers are made from the image folder as it is now.
+                    self._refresh_images()
                 for action in self._decide(buf, now):
                     self._got_hello |= self._act(action, now, rx)
                     if self.once and self.finished:
@@ -409,6 +619,7 @@ class Server:
                             self.policy, self.finished)
 
     def _tick(self, now: float) -> None:
+        self._refresh_images()
         if self.log.json:
             self.log.event("stats", "", **self.stats())
         for message in self.pool.errors():

@@ -59,11 +59,8 @@ class Receiver:
     def __init__(self, link: RawLink, tx: TxWorker, read_rate: float, fast: bool) -> None:
         self.link = link
         self.tx = tx
-        police = lib.ox_police_new(read_rate, float(READ_BURST), POLICED_SOURCES)
-        if police == ffi.NULL:
-            raise BootError("cannot allocate the receive policer")
-        self._police = ffi.gc(police, lib.ox_police_free)
-        lib.ox_police_flagging(police, read_rate <= UNLIMITED_READ_RATE)
+        self._police = self._new_policer(read_rate)
+        self._new_rate: float | None = None
         self._buf = ffi.new(f"uint8_t[{RX_KEEP * RX_SLOT}]")
         self._view = ffi.buffer(self._buf)
         self._lens = ffi.new(f"uint32_t[{RX_KEEP}]")
@@ -96,6 +93,19 @@ class Receiver:
         self.last_errno = 0
         self.errors_reported = 0  # transmit errors the server has logged
 
+    @staticmethod
+    def _new_policer(read_rate: float) -> object:
+        police = lib.ox_police_new(read_rate, float(READ_BURST), POLICED_SOURCES)
+        if police == ffi.NULL:
+            raise BootError("cannot allocate the receive policer")
+        lib.ox_police_flagging(police, read_rate <= UNLIMITED_READ_RATE)
+        return ffi.gc(police, lib.ox_police_free)
+
+    def set_read_rate(self, read_rate: float) -> None:
+        """Police each source at `read_rate` from the owner's next drain on
+        (a new policer: every source starts with a full bucket)."""
+        self._new_rate = read_rate
+
     @property
     def fast(self) -> bool:
         return self._table != ffi.NULL
@@ -108,6 +118,8 @@ class Receiver:
         `spin` seconds after each READ answered; owner only."""
         if self._drops:
             self._apply_drops()
+        if self._new_rate is not None:
+            self._police, self._new_rate = self._new_policer(self._new_rate), None
         n = lib.ox_rx_serve_wait(self.link.fileno(), self._police, self._table, self._tx_fd,
                                  self._buf, RX_SLOT, self._lens, RX_KEEP, RX_DRAIN,
                                  self._pstats, int(spin * 1e9), math.ceil(timeout * 1000),

@@ -1,6 +1,9 @@
 """The boot server without full root: under ``setpriv`` with CAP_NET_RAW only
-(as the systemd unit in contrib/ runs it), and started as root with
-``--user NAME`` (drops to NAME once its sockets and images are open).
+(as the systemd units in contrib/ run it), and started as root with
+``--user NAME`` (drops to NAME once its sockets and images are open). The
+units' sandbox (address families, locked memory, no new privileges) is
+applied by tests/support/sandbox.py where systemd cannot be asked, and
+must leave --tx auto its AF_XDP path.
 
 An unprivileged server must be able to read its interpreter and the
 installed package, which a Python installed under /root (pyenv, the test
@@ -14,6 +17,8 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import os
+import platform
+import resource
 import shutil
 import subprocess
 import sys
@@ -379,6 +384,8 @@ def test_user_other_than_self_without_root_is_one_line_error(
 # ---- the systemd unit ------------------------------------------------------
 
 UNIT = ROOT / "contrib" / "oxboot-bootserver.service"
+CONFIG_UNIT = ROOT / "contrib" / "oxboot-bootserver-config.service"
+SANDBOX = ROOT / "tests" / "support" / "sandbox.py"
 
 
 def _unit_settings(text: str) -> dict[str, dict[str, str]]:
@@ -397,9 +404,16 @@ def _unit_settings(text: str) -> dict[str, dict[str, str]]:
     return sections
 
 
-def test_systemd_unit_runs_with_net_raw_only_as_a_dynamic_user(venv: Path,
-                                                              tmp_path: Path) -> None:
-    service = _unit_settings(UNIT.read_text())["Service"]
+def _size(text: str) -> int:
+    """A systemd size (LimitMEMLOCK=64M) in bytes."""
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    return int(text[:-1]) * units[text[-1]] if text[-1] in units else int(text)
+
+
+@pytest.mark.parametrize("unit", [UNIT, CONFIG_UNIT], ids=lambda u: u.name)
+def test_systemd_unit_runs_with_net_raw_only_as_a_dynamic_user(venv: Path, tmp_path: Path,
+                                                              unit: Path) -> None:
+    service = _unit_settings(unit.read_text())["Service"]
     assert service["DynamicUser"] == "yes"
     assert service["AmbientCapabilities"] == "CAP_NET_RAW"
     assert service["CapabilityBoundingSet"] == "CAP_NET_RAW"
@@ -407,17 +421,123 @@ def test_systemd_unit_runs_with_net_raw_only_as_a_dynamic_user(venv: Path,
     assert service["ProtectSystem"] == "strict" and service["ProtectHome"] == "yes"
     assert service["PrivateTmp"] == "yes"
     assert service["Environment"] == "OXBOOT_SCRATCH=/var/tmp"
-    assert set(service["RestrictAddressFamilies"].split()) == {"AF_PACKET", "AF_UNIX"}
+    # The fastest transmit path stays open: AF_XDP and room for its UMEM.
+    families = set(service["RestrictAddressFamilies"].split())
+    assert {"AF_PACKET", "AF_XDP", "AF_UNIX"} <= families
+    assert _size(service["LimitMEMLOCK"]) >= 32 * 2 << 20
     assert service["Restart"] == "on-failure"
     exe, *args = service["ExecStart"].split()
-    assert exe.endswith("/bin/bootserver") and "--user" not in args
-    assert "--json" in args and args[-1] == "any"
+    assert exe.endswith("/bin/bootserver") and "--user" not in args and "--json" in args
+    if unit == UNIT:
+        assert families == {"AF_PACKET", "AF_XDP", "AF_UNIX"}  # no IP at all
+        assert args[-1] == "any"
+    else:
+        # The HTTP listener (the file's `listen`) needs IP; a mistake in the
+        # file (exit 2) is not retried; systemctl reload is SIGHUP.
+        assert families == {"AF_PACKET", "AF_XDP", "AF_UNIX", "AF_INET", "AF_INET6"}
+        assert args[-2] == "--config"
+        assert service["RestartPreventExitStatus"] == "2"
+        assert service["ExecReload"] == "/bin/kill -HUP $MAINPID"
     analyze = shutil.which("systemd-analyze")
     if analyze is None:
         pytest.skip("systemd-analyze is not installed")
     # Verified with ExecStart pointing at a bootserver that exists.
-    unit = tmp_path / UNIT.name
-    unit.write_text(UNIT.read_text().replace(exe, str(venv / "bin" / "bootserver")))
-    p = subprocess.run([analyze, "verify", str(unit)], capture_output=True, text=True,
+    copy = tmp_path / unit.name
+    copy.write_text(unit.read_text().replace(exe, str(venv / "bin" / "bootserver")))
+    p = subprocess.run([analyze, "verify", str(copy)], capture_output=True, text=True,
                        timeout=60)
-    assert p.returncode == 0 and str(unit) not in p.stderr, p.stderr
+    assert p.returncode == 0 and str(copy) not in p.stderr, p.stderr
+
+
+def _sandboxed(families: list[str], memlock: int) -> list[str]:
+    """The unit's RestrictAddressFamilies=, LimitMEMLOCK= and NoNewPrivileges=
+    (tests/support/sandbox.py), then its user and capabilities (setpriv)."""
+    return [sys.executable, str(SANDBOX), "--families", ",".join(families),
+            "--memlock", str(memlock), "--", *SETPRIV_NET_RAW]
+
+
+def _memlock(wanted: int) -> int:
+    """`wanted`, or the hard limit if lower: a container may hold even root
+    below a unit's limit (no CAP_SYS_RESOURCE)."""
+    return min(wanted, resource.getrlimit(resource.RLIMIT_MEMLOCK)[1])
+
+
+def _skip_without_xdp_or_seccomp() -> None:
+    from oxboot.link import af_xdp_unavailable
+
+    if why := af_xdp_unavailable():
+        pytest.skip(why)
+    if platform.machine() not in ("x86_64", "aarch64"):
+        pytest.skip(f"no seccomp filter for {platform.machine()} in tests/support/sandbox.py")
+
+
+def _transmit(log: Path) -> dict:
+    return next(e for e in events(log) if e["event"] == "transmit")
+
+
+@pytest.mark.parametrize("unit", [UNIT, CONFIG_UNIT], ids=lambda u: u.name)
+def test_systemd_unit_sandbox_keeps_af_xdp(venv: Path, lab: Lab, images: dict,
+                                           public: tuple[Path, Path], tmp_path: Path,
+                                           unit: Path) -> None:
+    """The server as the unit runs it: its address families, locked-memory
+    limit, no new privileges, user and capability (no systemd as PID 1 in a
+    container: the same settings by seccomp and setpriv). --tx auto must
+    still get AF_XDP, and the boot must work."""
+    _skip_without_xdp_or_seccomp()
+    service = _unit_settings(unit.read_text())["Service"]
+    srv, sled = lab.pair()
+    imgs, scratch = public
+    img, raw = publish(images["zlib"][0], imgs), images["zlib"][1]
+    _exe, *args = service["ExecStart"].split()
+    if "--config" in args:
+        conf = imgs / "bootserver.toml"
+        conf.write_text(f'link = "{srv.ifname}"\nlisten = "127.0.0.1:9187"\n\n'
+                        f'[[image]]\npath = "{img}"\n')
+        conf.chmod(0o644)
+        args[args.index("--config") + 1] = str(conf)
+    else:
+        args = [*args[:-3], srv.ifname, str(img), "any"]
+    memlock = _memlock(_size(service["LimitMEMLOCK"]))
+    if memlock < 4 << 20:  # one worker's UMEM must fit in what can be had
+        pytest.skip(f"the locked-memory limit cannot be raised here (hard limit {memlock})")
+    log = tmp_path / "server.log"
+    server = lab.start(srv, [*_sandboxed(service["RestrictAddressFamilies"].split(), memlock),
+                             *bootserver(venv, "-s", *args, scratch=scratch)], log)
+    wait_ready(server, log)
+    the_server(server.pid)
+    st = status_of(server.pid)
+    assert ids(st, "Uid") == {NOBODY} and int(st["CapEff"], 16) == 1 << CAP_NET_RAW, st
+    assert st["NoNewPrivs"] == "1" and st["Seccomp"] == "2", st
+    transmit = _transmit(log)
+    assert transmit["methods"] == ["xdp"], transmit
+    status, result, saved = netboot(sled, img, tmp_path)
+    assert status == 0 and result["verified"], (result, log.read_text())
+    assert saved.read_bytes() == raw
+    assert server.wait(10) == 0, log.read_text()
+
+
+@pytest.mark.parametrize(("families", "memlock", "why"), [
+    (["AF_PACKET", "AF_UNIX"], 64 << 20, "RestrictAddressFamilies= must list AF_XDP"),
+    (["AF_PACKET", "AF_XDP", "AF_UNIX"], 64 << 10, "LimitMEMLOCK="),
+], ids=["AF_XDP not allowed", "memlock 64K"])
+def test_a_tighter_sandbox_turns_auto_into_sendmmsg(venv: Path, lab: Lab, images: dict,
+                                                    public: tuple[Path, Path], tmp_path: Path,
+                                                    families: list[str], memlock: int,
+                                                    why: str) -> None:
+    """What the unit once shipped (no AF_XDP) and a default locked-memory
+    limit: the server still serves, by sendmmsg, and says why (what the
+    test above would see if the unit lost either setting)."""
+    _skip_without_xdp_or_seccomp()
+    srv, _ = lab.pair()
+    imgs, scratch = public
+    img = publish(images["small"][0], imgs)
+    log = tmp_path / "server.log"
+    server = lab.start(srv, [*_sandboxed(families, _memlock(memlock)),
+                             *bootserver(venv, "--json", srv.ifname, str(img), "any",
+                                         scratch=scratch)], log)
+    wait_ready(server, log)
+    transmit = _transmit(log)
+    assert transmit["methods"] == ["sendmmsg"], transmit
+    assert why in " ".join(transmit["fallbacks"]), transmit
+    server.terminate()
+    assert server.wait(10) == 0, log.read_text()
