@@ -11,11 +11,14 @@ instead of landing silently inside a Python heap block.
 from __future__ import annotations
 
 import errno
+import gc
 import hashlib
 import mmap
 import random
 import socket
 import struct
+import threading
+import weakref
 
 import pytest
 from hypothesis import HealthCheck, example, given, settings
@@ -748,6 +751,56 @@ def test_receiver_above_the_unlimited_rate_never_flags(over: bool) -> None:
         assert stats.accepted == READ_BURST and stats.policed == 2 * READ_BURST
         assert stats.flagged == (0 if over else 1)
         assert _flagged(rx._police) == ([] if over else [flood])
+    finally:
+        a.close()
+        b.close()
+
+
+class _Image:
+    """An image as the receiver serves it: a C pointer into its bytes."""
+
+    def __init__(self, size: int) -> None:
+        self.data = bytearray(size)
+        self.ptr = ffi.from_buffer(self.data)
+        self.size = size
+
+
+@pytest.mark.net
+def test_receiver_keeps_an_image_until_the_c_core_lets_go_of_it() -> None:
+    """A sled dropped from another thread is dropped from the C table only
+    at the owner's next drain: until then the image it serves from must
+    stay alive (its mapping freed early would be read by the C core)."""
+    from oxboot.serve.receiver import UNLIMITED_READ_RATE, Receiver
+
+    a, b = _unix_pair()
+
+    class _Tx:
+        class link:
+            @staticmethod
+            def tx_ring() -> tuple[int, object]:
+                return b.fileno(), ffi.NULL
+
+            @staticmethod
+            def tx_xsk() -> object:
+                return ffi.NULL
+
+    try:
+        rx = Receiver(_SocketLink(b), _Tx, UNLIMITED_READ_RATE, fast=True)  # type: ignore[arg-type]
+        image = _Image(1 << 16)
+        kept = weakref.ref(image)
+        sled, image_mac = _macs(1, 31)[0], _macs(1, 32)[0]
+        assert rx.serve(sled, image_mac, image, 0)
+        del image
+        gc.collect()
+        assert kept() is not None  # the C table points into it
+        other = threading.Thread(target=rx.drop, args=(sled,))
+        other.start()
+        other.join()
+        gc.collect()
+        assert kept() is not None and sled in rx.fast_macs  # not dropped yet in C
+        rx.receive(0.0)  # the owner's next drain applies the drop
+        gc.collect()
+        assert kept() is None and sled not in rx.fast_macs
     finally:
         a.close()
         b.close()

@@ -567,7 +567,7 @@ class Server:
                     # From now on its READs are answered in C.
                     session = self.proto.sessions.get(dst)
                     high = min(session.high_water if session is not None else 0, U64_MAX)
-                    rx.serve(dst, src, img.ptr, img.size, high)
+                    rx.serve(dst, src, img, high)
                 return False
             case SendOffer(dst=dst, src=src, image=index):
                 img = self.store.current(index)

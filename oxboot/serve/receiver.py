@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from oxboot._native import ffi, lib
 from oxboot.errors import BootError
 from oxboot.link import MAX_BLOCKED, RawLink
-from oxboot.serve.txworkers import TxWorker
+from oxboot.serve.txworkers import Mapped, TxWorker
 
 #: Sessions whose READs the C core answers without Python, per receiver.
 FAST_SESSIONS = 4096
@@ -82,7 +82,11 @@ class Receiver:
                 lib.ox_serve_use_xsk(table, xsk)
         self._info = ffi.new("ox_serve_info *")
         self._totals = ffi.new("ox_serve_totals *")
-        self.fast_macs: set[bytes] = set()
+        # The sleds whose READs the C core answers, each with the image it
+        # serves them: kept here until the C table lets go of its pointer
+        # (a drop asked from another thread waits for the owner's next
+        # drain), so that no mapping is freed under the C core.
+        self.fast_macs: dict[bytes, Mapped] = {}
         self._drops: list[bytes] = []
         self._lock = threading.Lock()  # _drops and the sock_* counters
         self.owner = threading.get_ident()
@@ -138,13 +142,14 @@ class Receiver:
         flat = bytes(ffi.buffer(self._flagbuf, 6 * n))
         return [flat[i:i + 6] for i in range(0, len(flat), 6)]
 
-    def serve(self, sled: bytes, image_mac: bytes, ptr: object, size: int, high: int) -> bool:
-        """Answer `sled`'s READs to `image_mac` in C from now on; owner only."""
+    def serve(self, sled: bytes, image_mac: bytes, image: Mapped, high: int) -> bool:
+        """Answer `sled`'s READs to `image_mac` in C from now on, from
+        `image` (kept alive until dropped); owner only."""
         if not self.fast or sled in self.fast_macs:
             return False
-        if lib.ox_serve_set(self._table, sled, image_mac, ptr, size, high) != 0:
+        if lib.ox_serve_set(self._table, sled, image_mac, image.ptr, image.size, high) != 0:
             return False  # table full: the Python path serves it
-        self.fast_macs.add(sled)
+        self.fast_macs[sled] = image
         return True
 
     def drop(self, sled: bytes) -> None:
@@ -153,8 +158,8 @@ class Receiver:
         if sled not in self.fast_macs:
             return
         if threading.get_ident() == self.owner:
-            self.fast_macs.discard(sled)
             lib.ox_serve_drop(self._table, sled)
+            del self.fast_macs[sled]
         else:
             with self._lock:
                 self._drops.append(sled)
@@ -163,8 +168,8 @@ class Receiver:
         with self._lock:
             drops, self._drops = self._drops, []
         for sled in drops:
-            self.fast_macs.discard(sled)
             lib.ox_serve_drop(self._table, sled)
+            self.fast_macs.pop(sled, None)
 
     def progress(self, sled: bytes) -> FastProgress | None:
         """The C core's record of `sled`; owner only."""
