@@ -23,17 +23,18 @@ def cdef_from_header(text: str, net: bool) -> str:
     """The cdef is oxboot.h itself, so that every declaration and constant
     is written once: without its comments and preprocessor lines, each
     ``#define NAME value`` as ``#define NAME ...`` (API mode: the compiler
-    takes the header's value), and the sections marked "; Linux)" only for
-    the network core."""
-    sections = re.split(r"(?m)^(?=/\* ---- )", text)
-    kept = [sec for sec in sections if net or "; Linux" not in sec.split("\n", 1)[0]]
-    body = re.sub(r"/\*.*?\*/", "", "".join(kept), flags=re.S)
+    takes the header's value), and the declarations of the sections marked
+    "; Linux" only for the network core."""
     lines = ["#define OX_HAS_NET ..."]
-    for line in body.splitlines():
-        if m := re.match(r"#define (OX_\w+)\s+\S", line):
-            lines.append(f"#define {m.group(1)} ...")
-        elif not line.startswith("#"):
-            lines.append(line)
+    for section in re.split(r"(?m)^(?=/\* ---- )", text):
+        # The constants of every section (the header defines them on every
+        # system), the declarations only where their code is built.
+        declare = net or "; Linux" not in section.split("\n", 1)[0]
+        for line in re.sub(r"/\*.*?\*/", "", section, flags=re.S).splitlines():
+            if m := re.match(r"#define (OX_\w+)\s+\S", line):
+                lines.append(f"#define {m.group(1)} ...")
+            elif declare and not line.startswith("#"):
+                lines.append(line)
     return "\n".join(lines)
 
 
