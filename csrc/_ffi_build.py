@@ -162,10 +162,12 @@ typedef struct {
     uint64_t bytes;
     uint64_t high;
     uint64_t last_ns;
+    uint64_t repeats;
 } ox_serve_info;
 typedef struct {
     uint64_t reads, offsets, retransmits, frames, bytes, syscalls, errors;
     int32_t last_errno;
+    uint64_t repeats;
 } ox_serve_totals;
 ox_serve *ox_serve_new(unsigned sessions);
 typedef struct ox_txring ox_txring;

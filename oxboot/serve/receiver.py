@@ -41,7 +41,8 @@ POLICED_SOURCES = 4096
 UNLIMITED_READ_RATE = 100_000
 
 POLICE_FIELDS = ("frames", "accepted", "foreign", "policed", "flagged", "served")
-TOTAL_FIELDS = ("reads", "offsets", "retransmits", "frames", "bytes", "syscalls", "errors")
+TOTAL_FIELDS = ("reads", "offsets", "retransmits", "repeats", "frames", "bytes", "syscalls",
+                "errors")
 
 
 @dataclass
@@ -51,6 +52,11 @@ class FastProgress:
     last_seen: float  # monotonic seconds of its last READ answered in C (0: none)
     high: int  # end of the furthest chunk sent
     frames: int  # DATA frames sent
+    reads: int = 0  # READs answered
+    offsets: int = 0  # offsets they asked for
+    retransmits: int = 0  # of them, asked again (below the high-water mark)
+    repeats: int = 0  # READs that asked again for at least one offset
+    bytes: int = 0  # DATA frame bytes sent (headers included)
 
 
 class Receiver:
@@ -159,7 +165,9 @@ class Receiver:
         if sled not in self.fast_macs or lib.ox_serve_get(self._table, sled, self._info) != 1:
             return None
         info = self._info
-        return FastProgress(info.last_ns / 1e9, int(info.high), int(info.frames))
+        return FastProgress(info.last_ns / 1e9, int(info.high), int(info.frames),
+                            int(info.reads), int(info.offsets), int(info.retransmits),
+                            int(info.repeats), int(info.bytes))
 
     def snapshot(self) -> None:
         """Copy the C counters for other threads to read; owner only."""
