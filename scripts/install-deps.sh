@@ -9,9 +9,9 @@ cd "$(dirname "$0")/.."
 # benchmark baseline); e2fsprogs: mke2fs -d for filesystem images; libssl-dev
 # and zlib1g-dev: headers for the C core; gcc: to compile it; util-linux: setpriv.
 # groff-base (groff's man macros, without X11) and man-db: the manual pages'
-# rendering test.
+# rendering test. tmux: the live status table's test in a real terminal.
 PKGS=(gcc libssl-dev zlib1g-dev libdeflate-dev iproute2 nftables netsniff-ng e2fsprogs util-linux openssl
-      groff-base man-db)
+      groff-base man-db tmux)
 missing=()
 for p in "${PKGS[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from oxboot.cli.common import Parser, UsageError, needs_network_core, run
 from oxboot.errors import LinkError
@@ -12,6 +13,10 @@ from oxboot.link import TX_METHODS, parse_mac
 from oxboot.protocol import DEFAULT_READ_RATE
 from oxboot.serve import DEFAULT_BUSY_POLL, EventLog, Server
 from oxboot.serve.receiver import UNLIMITED_READ_RATE
+from oxboot.serve.status import DEFAULT_STATUS_PORT
+
+if TYPE_CHECKING:
+    from oxboot.serve.http import StatusListener
 
 
 def build_parser(prog: str = "bootserver") -> Parser:
@@ -51,6 +56,15 @@ def build_parser(prog: str = "bootserver") -> Parser:
     p.add_argument("--scratch", metavar="DIR",
                    help="where each image's private, verified copy is kept while it is "
                    "served, inflated if compressed (default: $OXBOOT_SCRATCH or /var/tmp)")
+    p.add_argument("--listen", metavar="ADDR:PORT",
+                   help="serve /metrics (Prometheus), /status (JSON) and /healthz over HTTP "
+                   f"on ADDR:PORT (a bare PORT: 127.0.0.1; e.g. {DEFAULT_STATUS_PORT} or "
+                   f"0.0.0.0:{DEFAULT_STATUS_PORT}; default: no listener); "
+                   "'oxboot status' shows /status as the live table")
+    p.add_argument("--no-table", action="store_true",
+                   help="print event lines on a terminal too (by default a terminal gets a "
+                   "live table of the sleds, refreshed a few times a second, and the lines "
+                   "only when stdout is not a terminal)")
     p.add_argument("link", metavar="LINK", help="network interface, e.g. eth1")
     p.add_argument("image_file", metavar="IMAGE_FILE", help="boot image to serve")
     p.add_argument("mac", metavar="MAC|any", help="serve only this host, or every host")
@@ -76,16 +90,67 @@ def _body(args: argparse.Namespace) -> int:
             pwd.getpwuid(int(args.user)) if args.user.isdigit() else pwd.getpwnam(args.user)
         except KeyError:
             raise UsageError(f"no such user: {args.user}") from None
-    log = EventLog(json_mode=args.json)
+    listen = None
+    if args.listen is not None:
+        from oxboot.serve.http import parse_listen
+
+        try:
+            listen = parse_listen(args.listen)
+        except ValueError as e:
+            raise UsageError(str(e)) from None
+    # A terminal gets the live table; its event lines would scroll it away
+    # (the table shows the last warnings instead).
+    table_mode = not args.json and not args.no_table and sys.stdout.isatty()
+    log = EventLog(json_mode=args.json, echo=not table_mode)
+    live: dict[str, Server] = {}
+
+    def document() -> dict[str, object]:
+        server = live.get("server")
+        return server.status.document if server is not None else {}
+
+    listener = table = None
     try:
-        server = Server(args.link, [args.image_file, *args.image], allow, once=args.single,
-                        hello_timeout=args.hello_timeout, log=log,
-                        tx_method=args.tx, scratch=args.scratch, workers=args.workers,
-                        user=args.user, read_rate=args.read_rate,
-                        busy_poll=args.busy_poll / 1e6)
-    except LinkError as e:
-        raise UsageError(e.strerror or str(e)) from None
-    return server.run()
+        if listen is not None:
+            # Before the link and the images: a port in use fails at once,
+            # and a privileged port is bound before --user drops root.
+            listener = _listen(listen, document, log)
+        try:
+            server = Server(args.link, [args.image_file, *args.image], allow,
+                            once=args.single, hello_timeout=args.hello_timeout, log=log,
+                            tx_method=args.tx, scratch=args.scratch, workers=args.workers,
+                            user=args.user, read_rate=args.read_rate,
+                            busy_poll=args.busy_poll / 1e6)
+        except LinkError as e:
+            raise UsageError(e.strerror or str(e)) from None
+        live["server"] = server
+        if listener is not None:
+            server.status.describe(listen=listener.url)
+        server.live_status = listener is not None or table_mode
+        if table_mode:
+            from oxboot.serve.table import LiveTable
+
+            table = LiveTable(document, sys.stdout).start()
+        return server.run()
+    finally:
+        if table is not None:
+            table.stop()
+        if listener is not None:
+            listener.close()
+
+
+def _listen(address: tuple[str, int], document: Callable[[], dict[str, object]],
+            log: EventLog) -> StatusListener:
+    from oxboot.serve.http import StatusListener
+
+    try:
+        listener = StatusListener(address, document)
+    except OSError as e:
+        host, port = address
+        raise UsageError(f"--listen {host}:{port}: {e.strerror or e}") from None
+    url = listener.url
+    log.event("listen", f"{url}/metrics (Prometheus), {url}/status, {url}/healthz",
+              url=url, address=listener.address[0], port=listener.address[1])
+    return listener
 
 
 def _positive(text: str) -> float:

@@ -16,6 +16,7 @@ takes.
 
 from __future__ import annotations
 
+import errno
 import math
 import threading
 from dataclasses import dataclass
@@ -119,6 +120,11 @@ class Receiver:
                                  self._pstats, int(spin * 1e9), math.ceil(timeout * 1000),
                                  wake_fd)
         if n < 0:
+            if ffi.errno == errno.ENETDOWN:
+                # The link was set down: the socket is told once, and gets
+                # frames again when it comes back up. The server rides it
+                # out (its /healthz says the link is down meanwhile).
+                return []
             raise OSError(ffi.errno, f"{self.link.ifname}: receive failed")
         view, lens = self._view, self._lens
         return [view[i * RX_SLOT:i * RX_SLOT + lens[i]] for i in range(n)]
