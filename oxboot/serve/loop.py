@@ -490,6 +490,7 @@ class Server:
         publish the status document (with the lock)."""
         for mac in list(rx.fast_macs):
             self._sync_fast(rx, mac)
+        rx.snapshot()  # its C totals as fresh as the sleds' (the others' are < 0.1 s old)
         for mac in list(self.sleds):
             self.status.observe(mac, self.proto.sessions.get(mac), now)
         images = []
