@@ -186,7 +186,9 @@ def test_lossy_link_is_named_and_counted_exactly(lab: Lab, images: dict,
     w = warnings[0]
     assert w["share"] > 0.001 and 0 < w["reasked"] <= w["reasked_boot"] <= dropped
     assert w["stall_seconds"] == w["reasked_boot"] * 1.0
-    # In /status and the metrics too.
+    # In /status and the metrics too (once published: 4 times a second).
+    wait_for(lambda: [s["state"] for s in status(srv, url)["sleds"]] == ["finished"] * 2, 10,
+             "both sleds to show finished")
     doc = status(srv, url)
     sleds = {s["mac"]: s for s in doc["sleds"]}
     assert sleds[lossy.mac()]["reasked"] == dropped
