@@ -199,7 +199,7 @@ def test_lossy_link_text_names_the_cost(image: ServedImage) -> None:
     b.observe(SLED, s, 1.0)
     line = out.getvalue()
     assert "lossy_link: 02:00:00:00:00:07" in line and "0.80% " in line  # 5 of 128 + 500
-    assert "(5 of 628; 5 this boot so far)" in line
+    assert "5 lost frames this boot so far (~5 s: each" in line and "(5 of 628)" in line
     assert "each lost frame stalls the OS client about 1 s" in line
     assert b.log.warnings[-1]["event"] == "lossy_link"
 

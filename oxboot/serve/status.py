@@ -410,10 +410,11 @@ class StatusBoard:
         window = min(LOSSY_WINDOW, now - (rec.started or now))
         self.log.event(
             "lossy_link",
-            f"{mac} link is lossy: {share:.2%} of the offsets it asked for in the last "
-            f"{window:.0f} s were asked again ({again} of {asked}; {total} this boot"
-            f"{' in all' if final else ' so far'}); each lost frame stalls the OS client "
-            f"about {RETRANSMIT_AFTER:g} s, ~{total * RETRANSMIT_AFTER:.0f} s lost",
+            f"{mac} link is lossy: {total} lost frame{'s' if total != 1 else ''} this boot"
+            f"{' in all' if final else ' so far'} (~{total * RETRANSMIT_AFTER:.0f} s: each "
+            f"lost frame stalls the OS client about {RETRANSMIT_AFTER:g} s); {share:.2%} of "
+            f"the offsets it asked for in the last {window:.0f} s were asked again ({again} "
+            f"of {asked})",
             mac=mac, share=round(share, 6), reasked=again, offsets=asked,
             window=round(window, 1), reasked_boot=total,
             stall_seconds=round(total * RETRANSMIT_AFTER, 1))

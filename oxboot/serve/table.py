@@ -12,6 +12,7 @@ table on the normal screen when it stops.
 from __future__ import annotations
 
 import shutil
+import textwrap
 import threading
 import time
 from collections.abc import Callable
@@ -103,7 +104,9 @@ def render(doc: dict, width: int = WIDTH, height: int | None = None) -> list[str
         tail.append("last warnings:")
         for w in warnings:
             stamp = time.strftime("%H:%M:%S", time.localtime(float(w.get("time") or 0)))
-            tail.append(f" {stamp} {w.get('event')}: {w.get('text')}")
+            # Two lines each at most: a warning's point is in its second half too.
+            tail += textwrap.wrap(f" {stamp} {w.get('event')}: {w.get('text')}", width - 1,
+                                  subsequent_indent="   ", max_lines=2, placeholder=" ~")
     rows = [_row(s) for s in sleds]
     if height is not None:
         room = max(1, height - 3 - len(tail))
