@@ -153,17 +153,19 @@ def test_metrics_status_and_health_of_a_real_boot(lab: Lab, images: dict,
     assert code == 503 and problems == [f"image {served}: No such file or directory"]
 
 
-def test_lossy_link_is_named_and_counted_exactly(lab: Lab, images: dict,
-                                                  tmp_path: Path) -> None:
+@pytest.mark.parametrize("workers", [1, 2])
+def test_lossy_link_is_named_and_counted_exactly(lab: Lab, images: dict, tmp_path: Path,
+                                                  workers: int) -> None:
     """Two sleds on a bridge, one losing 1% of its DATA at its ingress: only
     it is reported, and the offsets it asked again are exactly the frames
-    the rule dropped (DATA lost after the server sent it, nothing else)."""
+    the rule dropped (DATA lost after the server sent it, nothing else).
+    With two workers, each receive thread brings its own sleds' C counts."""
     srv, lossy, clean = lab.bridge(3)
     img, raw = images["small"]  # 1024 DATA: P(no loss at 1%) = 0.99**1024 < 1e-4
     drop_data(lossy, 1, only_to=lossy.mac())
     log = tmp_path / "server.log"
-    bootserver(lab, srv, ["--json", "--listen", "127.0.0.1:0", srv.ifname, str(img), "any"],
-               log)
+    bootserver(lab, srv, ["--json", "--listen", "127.0.0.1:0", "--workers", str(workers),
+                          srv.ifname, str(img), "any"], log)
     url = listening(log)
     procs = [(h, start_netboot(h, img, tmp_path / f"{h.ns}.raw", 120)) for h in (lossy, clean)]
     results = {}
