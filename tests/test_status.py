@@ -23,7 +23,7 @@ from oxboot.serve.http import StatusListener, health, parse_listen
 from oxboot.serve.images import ServedImage, load_image
 from oxboot.serve.receiver import FastProgress
 from oxboot.serve.status import StatusBoard
-from oxboot.serve.table import HEADER, WIDTH, render
+from oxboot.serve.table import HEADER, WIDTH, LiveTable, render
 
 SLED = bytes.fromhex("020000000007")
 OTHER = bytes.fromhex("020000000008")
@@ -328,3 +328,38 @@ def test_oxboot_status_once_and_unreachable(image: ServedImage) -> None:
     r = run_cli(["oxboot", "status", listener.url])  # nobody there now
     one_line_error(r)
     assert "cannot reach" in r.stderr and r.status == 1
+
+
+def test_live_table_redraws_in_place(image: ServedImage) -> None:
+    """Each frame: cursor home, every line overwritten and cleared to its
+    end, the rest of the screen cleared; never the whole screen erased
+    first (that flickers). A failed fetch keeps the last table under a note."""
+    b, _ = board()
+    boot(b, image, SLED, 0.0)
+    publish(b, 0.5)
+    answers: list[object] = [b.document, OSError("cannot reach http://x/status: refused")]
+
+    def document() -> dict:
+        answer = answers.pop(0) if len(answers) > 1 else answers[0]
+        if isinstance(answer, Exception):
+            raise answer
+        return answer  # type: ignore[return-value]
+
+    out = io.StringIO()
+    table = LiveTable(document, out, interval=3600)
+    table.draw()
+    frame = out.getvalue()
+    assert frame.startswith("\x1b[H") and frame.endswith("\x1b[J") and "\x1b[2J" not in frame
+    lines = frame[3:-3].split("\x1b[K\r\n")
+    assert lines[1] == HEADER and lines[2].startswith("02:00:00:00:00:07 host-v1    booting")
+    out.truncate(0)
+    out.seek(0)
+    table.draw()
+    frame = out.getvalue()
+    assert frame.startswith("\x1b[H(no fresh status: cannot reach http://x/status: refused)")
+    assert "02:00:00:00:00:07 host-v1    booting" in frame  # the last table, still shown
+    out.truncate(0)
+    out.seek(0)
+    table.stop()  # never started: back to the normal screen, the last table left on it
+    assert out.getvalue().startswith("\x1b[?25h\x1b[?1049l")
+    assert "02:00:00:00:00:07 host-v1    booting" in out.getvalue()
