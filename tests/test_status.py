@@ -363,3 +363,22 @@ def test_live_table_redraws_in_place(image: ServedImage) -> None:
     table.stop()  # never started: back to the normal screen, the last table left on it
     assert out.getvalue().startswith("\x1b[?25h\x1b[?1049l")
     assert "02:00:00:00:00:07 host-v1    booting" in out.getvalue()
+
+
+def test_a_boot_keeps_the_version_it_was_offered(image: ServedImage, tmp_path: Path) -> None:
+    b, _ = board()
+    b.image_loaded(0, image)
+    b.offered(SLED, 0, image, 0.0)
+    raw = tmp_path / "new.raw"
+    raw.write_bytes(bytes(1 << 20))
+    build_image(raw, tmp_path / "new.img", target_size=64 << 20, image_name="host-v2")
+    new = load_image(tmp_path / "new.img")
+    assert b.image_loaded(0, new).version == 2  # replaced on disk after the OFFER
+    b.started(SLED, 0, image, 0.1)
+    publish(b, 0.2)
+    d = sled_doc(b, SLED)
+    assert (d["image"]["name"], d["image"]["version"]) == ("host-v1", 1)
+    b.offered(OTHER, 0, new, 1.0)
+    b.started(OTHER, 0, new, 1.1)
+    publish(b, 1.2)
+    assert sled_doc(b, OTHER)["image"]["version"] == 2

@@ -53,6 +53,8 @@ LOSSY_WINDOW = 5.0
 LOSSY_REPEAT = 30.0
 #: Warnings (and errors) kept for the table and /status.
 RECENT_WARNINGS = 8
+#: Image versions remembered for the sessions still on them.
+KNOWN_VERSIONS = 64
 #: The HTTP listener's port when --listen names none, and where `oxboot
 #: status` looks by default (on 127.0.0.1).
 DEFAULT_STATUS_PORT = 9187
@@ -291,6 +293,7 @@ class StatusBoard:
         self.server = dict(server)  # link, mac, read_rate, workers, tx_methods...
         self.sleds: dict[bytes, SledRecord] = {}
         self.images: list[ImageInfo] = []
+        self._versions: dict[tuple[int, str], ImageInfo] = {}
         self.boots_started = 0
         self.boots_finished = 0
         self.boots_reset = 0
@@ -315,13 +318,16 @@ class StatusBoard:
             self.images[index] = info
         else:
             self.images.append(info)
+        # Sessions keep the version they were offered, replaced or not.
+        self._versions[(index, info.sha256)] = info
+        while len(self._versions) > KNOWN_VERSIONS:
+            del self._versions[next(iter(self._versions))]
         return info
 
     def _image(self, index: int, img: ServedImage) -> ImageInfo:
-        info = self.images[index] if index < len(self.images) else None
-        if info is None or info.sha256 != img.header.sha256.hex() or info.path != str(img.path):
-            # A session on a version the board no longer lists (replaced since).
-            return ImageInfo(index, img.name, str(img.path), img.size,
+        info = self._versions.get((index, img.header.sha256.hex()))
+        if info is None:  # a version long replaced: version unknown (0)
+            info = ImageInfo(index, img.name, str(img.path), img.size,
                              img.header.sha256.hex(), 0)
         return info
 
