@@ -301,6 +301,7 @@ class Server:
                     with self._lock:
                         for mac in list(rx.fast_macs):
                             self._sync_fast(rx, mac)
+                    rx.snapshot()
         except BaseException as e:  # handed to the main loop
             self._failure = e
             os.write(self._wake_w, b"x")
@@ -431,6 +432,7 @@ class Server:
                                    mac=mac_str(mac), image=str(img.path))
             case SessionFinished(mac=mac, image=index):
                 fast_frames = self._sync_fast(rx, mac)
+                rx.snapshot()  # the totals as of its last READ, like its own counts
                 self.status.observe(mac, self.proto.sessions.get(mac), now)
                 sled = self._forget_sled(mac, keep_queue=True)
                 self.finished += 1
