@@ -204,8 +204,8 @@ def test_lossy_link_is_named_and_counted_exactly(lab: Lab, images: dict, tmp_pat
     assert m["oxboot_lossy_link_warnings_total"] == len(warnings)
 
 
-def _tmux(sock: str, *args: str) -> str:
-    return subprocess.run(["tmux", "-L", sock, *args], check=True, capture_output=True,
+def _tmux(sock: Path, *args: str) -> str:
+    return subprocess.run(["tmux", "-S", str(sock), *args], check=True, capture_output=True,
                           text=True, timeout=30).stdout
 
 
@@ -213,7 +213,7 @@ def _tmux(sock: str, *args: str) -> str:
 def test_live_table_in_a_terminal(lab: Lab, images: dict, tmp_path: Path) -> None:
     srv, a, b = lab.bridge(3)
     img, _ = images["small"]
-    sock = f"oxboot-test-{os.getpid()}"  # a tmux server of this test's own
+    sock = tmp_path / "tmux.sock"  # a tmux server of this test's own
     argv = ["env", f"PYTHONPATH={os.environ.get('PYTHONPATH', '')}",
             *srv.cmd([*command("bootserver"), srv.ifname, str(img), "any"])]
     _tmux(sock, "new-session", "-d", "-s", "srv", "-x", "100", "-y", "30", shlex.join(argv))
@@ -247,5 +247,6 @@ def test_live_table_in_a_terminal(lab: Lab, images: dict, tmp_path: Path) -> Non
         # No event lines on a terminal: the table owns it.
         assert not any(" offer: " in line for line in lines)
     finally:
-        subprocess.run(["tmux", "-L", sock, "kill-server"], capture_output=True, timeout=30)
+        subprocess.run(["tmux", "-S", str(sock), "kill-server"], capture_output=True,
+                       timeout=30)
         time.sleep(0.2)
