@@ -261,3 +261,67 @@ def test_sixteen_sleds_aggregate(lab: Lab, image: Path, tmp_path: Path) -> None:
            one_sled_mbps=round(one["mbps"], 1), slowest_sled_mbps=round(slowest, 1),
            serving_seconds=round(span, 3), wall_seconds=round(wall, 2),
            wall_aggregate_mbps=round(total / wall / 1e6, 1))
+
+
+#: In the server's namespace: GET `url` ten times a second while told "on"
+#: (a line on stdin), not while "off"; answers each line with the scrapes
+#: done so far.
+_SCRAPER = """
+import sys, threading, time, urllib.request
+url, on, done = sys.argv[1], threading.Event(), [0]
+def scrape():
+    while True:
+        on.wait()
+        t = time.monotonic()
+        with urllib.request.urlopen(url, timeout=5) as r:
+            assert r.status == 200 and b"oxboot_data_frames_sent_total" in r.read()
+        done[0] += 1
+        time.sleep(max(0.0, 0.1 - (time.monotonic() - t)))
+threading.Thread(target=scrape, daemon=True).start()
+for line in sys.stdin:
+    on.set() if line.startswith("on") else on.clear()
+    print(done[0], flush=True)
+"""
+SCRAPE_PORT = 9187
+
+
+def test_boot_while_metrics_are_scraped(lab: Lab, image: Path, tmp_path: Path) -> None:
+    """The faithful client's boot with a Prometheus-style client reading
+    /metrics ten times a second, against the same boot unwatched: boots
+    of each kind in turn on one server (--listen in both), the median of
+    the pairs' MB/s ratios. Serving HTTP must not slow the frame path."""
+    self_test_skip("boot_scraped_vs_unscraped")
+    srv, cli = lab.pair()
+    log = tmp_path / "srv.log"
+    lab.start(srv, [*script("bootserver"), "--json", "--listen", str(SCRAPE_PORT), srv.ifname,
+                    str(image), "any"], log)
+    wait_for(lambda: '"event": "image"' in log.read_text(), 30, "server")
+    scraper = subprocess.Popen(srv.cmd([sys.executable, "-c", _SCRAPER,
+                                        f"http://127.0.0.1:{SCRAPE_PORT}/metrics"]),
+                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    lab.procs.append(scraper)  # type: ignore[arg-type]
+
+    def tell(word: str) -> int:
+        assert scraper.stdin is not None and scraper.stdout is not None
+        scraper.stdin.write(word + "\n")
+        scraper.stdin.flush()
+        return int(scraper.stdout.readline())
+
+    _boot(cli, image)  # warm: the image's pages, the sled's first run
+    pairs, scrapes = [], 0
+    for _ in range(5 if QUICK else 9):
+        plain = _boot(cli, image)
+        before = tell("on")
+        time.sleep(0.3)  # the scraper at its pace before the boot starts
+        scraped = _boot(cli, image)
+        scrapes += tell("off") - before
+        pairs.append((scraped["mbps"], plain["mbps"]))
+    scraper.stdin.close()  # type: ignore[union-attr]
+    scraper.wait(10)
+    ratio = statistics.median(a / b for a, b in pairs)
+    # It really scraped through the boots: ~10 a second.
+    assert scrapes >= 3 * len(pairs), scrapes
+    record("boot_scraped_vs_unscraped", ratio,
+           scraped_mbps=round(statistics.median(a for a, _ in pairs), 1),
+           unscraped_mbps=round(statistics.median(b for _, b in pairs), 1),
+           pairs=[[round(a, 1), round(b, 1)] for a, b in pairs], scrapes=scrapes)

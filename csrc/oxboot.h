@@ -364,11 +364,13 @@ typedef struct {
     uint64_t bytes;
     uint64_t high;        /* high-water mark: end of the furthest chunk served */
     uint64_t last_ns;     /* now_ns of the last READ answered (0: none) */
+    uint64_t repeats;     /* READs that asked again for an offset (retransmits > 0) */
 } ox_serve_info;
 
 typedef struct {
     uint64_t reads, offsets, retransmits, frames, bytes, syscalls, errors;
     int32_t last_errno;
+    uint64_t repeats;
 } ox_serve_totals;
 
 ox_serve *ox_serve_new(unsigned sessions);

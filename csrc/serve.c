@@ -180,12 +180,14 @@ static int serve_read(ox_serve *s, int tx_fd, const uint8_t *f, size_t flen, uin
     in->reads++;
     in->offsets += (uint64_t)n;
     in->retransmits += again;
+    in->repeats += again != 0;
     in->frames += tx.frames;
     in->bytes += tx.bytes;
     in->last_ns = now_ns;
     s->totals.reads++;
     s->totals.offsets += (uint64_t)n;
     s->totals.retransmits += again;
+    s->totals.repeats += again != 0;
     return 1;
 }
 

@@ -10,9 +10,10 @@ cd "$(dirname "$0")/.."
 # and zlib1g-dev: headers for the C core; gcc: to compile it; util-linux: setpriv.
 # groff-base (groff's man macros, without X11) and man-db: the manual pages'
 # rendering test. tshark (with dumpcap): the Wireshark dissector's test
-# (contrib/wireshark/oxboot.lua) captures a boot and decodes it.
+# (contrib/wireshark/oxboot.lua) captures a boot and decodes it. tmux: the
+# live status table's test in a real terminal.
 PKGS=(gcc libssl-dev zlib1g-dev libdeflate-dev iproute2 nftables netsniff-ng e2fsprogs util-linux openssl
-      groff-base man-db tshark)
+      groff-base man-db tshark tmux)
 missing=()
 for p in "${PKGS[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")

@@ -886,12 +886,20 @@ def test_serve_answers_reads_of_its_sessions(served) -> None:
     info = s.info(sled)
     assert (info.reads, info.offsets, info.frames) == (1, 4, 4)
     assert info.high == (1 << 40) + 1024 and info.last_ns == 123_000_000_000
-    assert info.retransmits == 0
-    # Asking again for what was served: counted as retransmissions.
+    assert info.retransmits == 0 and info.repeats == 0
+    # Asking again for what was served: counted as retransmissions, the
+    # READ as a repeated one (link health: lost DATA, as the sled sees it).
     kept, sent = s.run([_read_frame(sled, IMAGE_MAC, {3: 0, 4: 1024})])
     assert kept == [] and len(sent) == 2
-    assert s.info(sled).retransmits == 2
-    assert s.stats.served == 2
+    assert (s.info(sled).retransmits, s.info(sled).repeats) == (2, 1)
+    # A READ past the high-water mark asks nothing again.
+    kept, sent = s.run([_read_frame(sled, IMAGE_MAC, {0: (1 << 40) + 1024})])
+    assert kept == [] and len(sent) == 1
+    assert (s.info(sled).retransmits, s.info(sled).repeats, s.info(sled).reads) == (2, 1, 3)
+    assert s.stats.served == 3
+    totals = ffi.new("ox_serve_totals *")
+    lib.ox_serve_totals_get(s.table, totals)
+    assert (totals.reads, totals.retransmits, totals.repeats) == (3, 2, 1)
 
 
 @pytest.mark.net

@@ -597,8 +597,10 @@ def test_server_session_counters() -> None:
     server.receive(read(batch2), 2.4)
     s = server.sessions[CLIENT]
     assert (s.reads, s.offsets_served, s.retransmits) == (4, 128 + 2 + 1 + 128, 3)
+    assert s.repeats == 2  # the two READs that asked again
     assert (s.started_at, s.last_seen) == (0.0, 2.4)
     assert server.counters["retransmits"] == 3 and server.counters["offsets"] == 259
+    assert server.counters["repeats"] == 2
 
 
 def test_server_finished_once() -> None:

@@ -7,8 +7,9 @@ import argparse
 import dataclasses
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from oxboot.cli.common import Parser, UsageError, fail, run_network_command
 from oxboot.errors import LinkError
@@ -17,6 +18,10 @@ from oxboot.protocol import DEFAULT_READ_RATE
 from oxboot.serve import DEFAULT_BUSY_POLL, EventLog, Server
 from oxboot.serve.config import ConfigError, ServerConfig, known_user, load_config
 from oxboot.serve.receiver import UNLIMITED_READ_RATE
+from oxboot.serve.status import DEFAULT_STATUS_PORT
+
+if TYPE_CHECKING:
+    from oxboot.serve.http import StatusListener
 
 #: Exit status for a configuration file that cannot be used (a usage error
 #: of the file, as 2 is for a command line in most tools).
@@ -78,6 +83,15 @@ def build_parser(prog: str = "bootserver") -> Parser:
     p.add_argument("--scratch", metavar="DIR",
                    help="where each image's private, verified copy is kept while it is "
                    "served, inflated if compressed (default: $OXBOOT_SCRATCH or /var/tmp)")
+    p.add_argument("--listen", metavar="ADDR:PORT",
+                   help="serve /metrics (Prometheus), /status (JSON) and /healthz over HTTP "
+                   f"on ADDR:PORT (a bare PORT: 127.0.0.1; e.g. {DEFAULT_STATUS_PORT} or "
+                   f"0.0.0.0:{DEFAULT_STATUS_PORT}; default: no listener); "
+                   "'oxboot status' shows /status as the live table")
+    p.add_argument("--no-table", action="store_true",
+                   help="print event lines on a terminal too (by default a terminal gets a "
+                   "live table of the sleds, refreshed a few times a second, and the lines "
+                   "only when stdout is not a terminal)")
     p.add_argument("link", metavar="LINK", nargs="?", help="network interface, e.g. eth1")
     p.add_argument("image_file", metavar="IMAGE_FILE", nargs="?", help="boot image to serve")
     p.add_argument("mac", metavar="MAC|any", nargs="?",
@@ -170,20 +184,71 @@ def _body(args: argparse.Namespace) -> int:
     def reload() -> ServerConfig:  # SIGHUP
         return _with_command_line(load_config(args.config), args)
 
-    log = EventLog(json_mode=args.json)
+    listen = None
+    if config.listen is not None:
+        from oxboot.serve.http import parse_listen
+
+        try:
+            listen = parse_listen(config.listen)
+        except ValueError as e:
+            raise UsageError(str(e)) from None
+    # A terminal gets the live table; its event lines would scroll it away
+    # (the table shows the last warnings instead).
+    table_mode = not args.json and not args.no_table and sys.stdout.isatty()
+    log = EventLog(json_mode=args.json, echo=not table_mode)
+    live: dict[str, Server] = {}
     assert config.read_rate is not None and config.busy_poll is not None
+
+    def document() -> dict[str, object]:
+        server = live.get("server")
+        return server.status.document if server is not None else {}
+
+    listener = table = None
     try:
-        server = Server(config.link, images, allow, once=args.single,
-                        hello_timeout=args.hello_timeout, log=log,
-                        tx_method=config.tx or TX_METHODS[0], scratch=config.scratch,
-                        workers=config.workers, user=config.user,
-                        read_rate=config.read_rate, busy_poll=config.busy_poll / 1e6,
-                        assignments=assignments, image_dir=config.image_dir,
-                        listen=config.listen,
-                        reload=reload if args.config is not None else None)
-    except LinkError as e:
-        raise UsageError(e.strerror or str(e)) from None
-    return server.run()
+        if listen is not None:
+            # Before the link and the images: a port in use fails at once,
+            # and a privileged port is bound before --user drops root.
+            listener = _listen(listen, document, log)
+        try:
+            server = Server(config.link, images, allow, once=args.single,
+                            hello_timeout=args.hello_timeout, log=log,
+                            tx_method=config.tx or TX_METHODS[0], scratch=config.scratch,
+                            workers=config.workers, user=config.user,
+                            read_rate=config.read_rate, busy_poll=config.busy_poll / 1e6,
+                            assignments=assignments, image_dir=config.image_dir,
+                            listen=config.listen,
+                            reload=reload if args.config is not None else None)
+        except LinkError as e:
+            raise UsageError(e.strerror or str(e)) from None
+        live["server"] = server
+        if listener is not None:
+            server.status.describe(listen=listener.url)
+        server.live_status = listener is not None or table_mode
+        if table_mode:
+            from oxboot.serve.table import LiveTable
+
+            table = LiveTable(document, sys.stdout).start()
+        return server.run()
+    finally:
+        if table is not None:
+            table.stop()
+        if listener is not None:
+            listener.close()
+
+
+def _listen(address: tuple[str, int], document: Callable[[], dict[str, object]],
+            log: EventLog) -> StatusListener:
+    from oxboot.serve.http import StatusListener
+
+    try:
+        listener = StatusListener(address, document)
+    except OSError as e:
+        host, port = address
+        raise UsageError(f"--listen {host}:{port}: {e.strerror or e}") from None
+    url = listener.url
+    log.event("listen", f"{url}/metrics (Prometheus), {url}/status, {url}/healthz",
+              url=url, address=listener.address[0], port=listener.address[1])
+    return listener
 
 
 def _positive(text: str) -> float:

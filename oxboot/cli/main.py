@@ -15,6 +15,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "extract": ("oxboot.cli.extract", "write the raw image out of a boot image, verified"),
     "bootserver": ("oxboot.cli.bootserver", "serve images to sleds over raw Ethernet"),
     "netboot": ("oxboot.cli.netboot", "boot like a sled: fetch and verify an image"),
+    "status": ("oxboot.cli.status", "a running boot server's live table (its /status)"),
     "demo": ("oxboot.cli.demo", "build, serve and netboot an image over a veth pair"),
 }
 

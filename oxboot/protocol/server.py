@@ -108,6 +108,7 @@ class Session:
     reads: int = 0
     offsets_served: int = 0
     retransmits: int = 0  # offsets requested again
+    repeats: int = 0  # READs that requested at least one offset again
     finished: bool = False
     high_water: int = 0  # end of the highest chunk requested so far
     offered: tuple[int, ...] = ()  # the images its HELLO was offered (one of them it boots)
@@ -385,9 +386,11 @@ class BootServer:
         again = 0 if min(offsets) >= high else sum(1 for offset in offsets if offset < high)
         session.high_water = max(high, max(offsets) + CHUNK)
         session.retransmits += again
+        session.repeats += again != 0
         session.offsets_served += len(offsets)
         self.counters["offsets"] += len(offsets)
         self.counters["retransmits"] += again
+        self.counters["repeats"] += again != 0
         actions.append(ServeData(src, dst, image, tuple(offsets)))
         return actions
 

@@ -34,13 +34,15 @@ from oxboot.protocol import (
     ServeData,
     SessionFinished,
     SessionStarted,
+    data_extent,
 )
 from oxboot.serve.config import ConfigError, ImageEntry, ServerConfig
 from oxboot.serve.events import EventLog
 from oxboot.serve.images import ImageStore, ServedImage
 from oxboot.serve.policy import BlockPolicy
 from oxboot.serve.receiver import READ_BURST, Receiver
-from oxboot.serve.stats import RxTotals, SledState, progress_row, server_stats
+from oxboot.serve.stats import RxTotals, SledState, server_stats
+from oxboot.serve.status import PUBLISH_SECONDS, StatusBoard, link_problem
 from oxboot.serve.txworkers import Job, TxPool
 from oxboot.serve.watch import DirWatch, image_files
 
@@ -185,6 +187,17 @@ class Server:
         self._rx_totals = RxTotals()
         self._stop = False
         methods = [w.link.tx_method for w in self.pool.workers]
+        # What the operator sees (the live table, /status, /metrics).
+        self.status = StatusBoard(self.log, {
+            "link": link, "mac": mac_str(self.link.mac), "read_rate": read_rate,
+            "workers": n_workers, "tx_methods": methods})
+        #: Rebuild the status document PUBLISH_SECONDS apart (someone
+        #: watches: the live table, the HTTP listener), not once a second.
+        self.live_status = False
+        self._link_problem: str | None = None
+        for i, img in enumerate(self.store.images):
+            if img is not None:
+                self.status.image_loaded(i, img)
         fallbacks = sorted({w.link.tx_fallback for w in self.pool.workers} - {""})
         self.log.event("transmit", f"DATA leaves by {', '.join(methods)} (worker by worker)"
                        + (f"; AF_XDP not used: {'; '.join(fallbacks)}" if fallbacks else ""),
@@ -212,6 +225,7 @@ class Server:
         # Only after start-up: the protocol layer is made from the first ones.
         if hasattr(self, "proto"):
             self.proto.replace_offer(index, img.offer)
+            self.status.image_loaded(index, img)
 
     def _slot_of(self, path: Path) -> int | None:
         for i, p in enumerate(self.store.paths):
@@ -270,6 +284,7 @@ class Server:
         for slot in added:
             img = self.store.images[slot]
             if img is not None:
+                self.status.image_loaded(slot, img)
                 self._image_event(slot, img)
 
     def _refresh_images(self) -> None:
@@ -363,6 +378,7 @@ class Server:
             for r in self.receivers:  # their threads are done: counters are final
                 r.snapshot()
             self.pool.drain()
+            self._final_publish()
             stats = self.stats()
             if self.stopped_by is not None:
                 self.log.event("stopped", f"stopped by {self.stopped_by}: {self.finished} "
@@ -380,6 +396,14 @@ class Server:
             os.close(self._wake_w)
             restore()
 
+    def _final_publish(self) -> None:
+        """The status as the server ends (the live table's last picture)."""
+        try:
+            with self._lock:
+                self._publish(self.receivers[0], time.monotonic())
+        except Exception as e:  # never hides why the server stopped
+            self.log.event("error", f"final status: {e}", message=str(e))
+
     def _loop(self) -> int:
         start = time.monotonic()
         rx = self.receivers[0]
@@ -389,7 +413,9 @@ class Server:
                                  daemon=True)
             self._threads.append(t)
             t.start()
-        next_tick = start + 1.0
+        next_tick = next_publish = start + 1.0
+        with self._lock:
+            self._publish(rx, start)
         if self.on_ready is not None:
             self.on_ready(self)
         while not self._stop:
@@ -405,7 +431,8 @@ class Server:
             if inline.pending:
                 timeout = 0.0
             else:
-                timeout = max(0.0, min(next_tick, start + (self.hello_timeout or 1e9)) - now)
+                timeout = max(0.0, min(next_tick, next_publish,
+                                       start + (self.hello_timeout or 1e9)) - now)
             # Busy-poll a moment after each READ while one sled boots: an OS
             # client's next READ comes right after our last DATA, and a
             # sleeping (virtual) CPU takes tens of microseconds to wake. With
@@ -430,6 +457,10 @@ class Server:
                 with self._lock:
                     self._sync(rx, now)
                     self._tick(now)
+            if now >= next_publish:
+                next_publish = now + (PUBLISH_SECONDS if self.live_status else 1.0)
+                with self._lock:
+                    self._publish(rx, now)
         return 0
 
     def _handle(self, rx: Receiver, timeout: float, spin: float = 0.0,
@@ -458,7 +489,7 @@ class Server:
         """A receive loop of its own (workers after the first): its share of
         the sleds, split by the fanout, answered on its core."""
         rx.owner = threading.get_ident()
-        next_tick = next_snapshot = time.monotonic() + 1.0
+        next_tick = next_snapshot = next_publish = time.monotonic() + 1.0
         try:
             while not self._stop:
                 now = time.monotonic()
@@ -476,6 +507,13 @@ class Server:
                     next_tick = now + 1.0
                     with self._lock:
                         self._sync(rx, now)
+                elif self.live_status and now >= next_publish:
+                    # Its sleds' C counters for the main loop's next document.
+                    next_publish = now + PUBLISH_SECONDS
+                    with self._lock:
+                        for mac in list(rx.fast_macs):
+                            self._sync_fast(rx, mac)
+                    rx.snapshot()
         except BaseException as e:  # handed to the main loop
             self._failure = e
             os.write(self._wake_w, b"x")
@@ -486,7 +524,12 @@ class Server:
 
     def _forget_sled(self, mac: bytes, keep_queue: bool = False) -> SledState | None:
         """The sled's session is over here: no more DATA from its state."""
-        self.receiver_for(mac).drop(mac)
+        rx = self.receiver_for(mac)
+        if mac in rx.fast_macs:
+            if threading.get_ident() == rx.owner:
+                self._sync_fast(rx, mac)  # its last counts, before they go
+            self.status.bank_fast(mac)
+        rx.drop(mac)
         if not keep_queue:
             self.pool.forget(mac)
         return self.sleds.pop(mac, None)
@@ -515,6 +558,7 @@ class Server:
         sled = self.sleds.get(mac)
         if sled is not None:
             sled.high = max(sled.high, min(fast.high, sled.image.size))
+        self.status.fast(mac, fast)
         return fast.frames
 
     def _block(self, flagged: list[bytes], now: float) -> None:
@@ -561,7 +605,9 @@ class Server:
                 img = sled.image
                 # The session's own version of the image, even if the file
                 # has been replaced since: never a mix of two versions.
-                self.pool.submit(Job(dst, src, img, offsets))
+                if self.pool.submit(Job(dst, src, img, offsets)):
+                    self.status.sent_python(dst, len(offsets), sum(
+                        data_extent(img.size, offset)[1] for offset in offsets))
                 sled.high = max(sled.high, min(max(offsets) + CHUNK, img.size))
                 if rx.fast and dst not in rx.fast_macs and src == self.macs[sled.index]:
                     # From now on its READs are answered in C.
@@ -578,12 +624,14 @@ class Server:
                                mac=mac_str(dst), image=str(img.path), index=index)
                 # A HELLO starts over: the sled will boot what it was offered now.
                 self._forget_sled(dst)
+                self.status.offered(dst, index, img, now)
                 # Remember which version this OFFER carried, for the session.
                 self._offered[(dst, index)] = img
                 return True
             case SendReset(dst=dst):
                 rx.link.send(action.frame().pack())
                 self._forget_sled(dst)
+                self.status.reset(dst, now)
                 self.log.event("reset", f"{mac_str(dst)} reset (no session for its READ)",
                                mac=mac_str(dst))
             case SessionStarted(mac=mac, image=index):
@@ -591,22 +639,30 @@ class Server:
                 img = sled or self.store.images[index]
                 if img is not None:
                     self.sleds[mac] = SledState(img, index, now)
+                    self.status.started(mac, index, img, now)
                     self.log.event("start", f"{mac_str(mac)} is booting {img.name}",
                                    mac=mac_str(mac), image=str(img.path))
             case SessionFinished(mac=mac, image=index):
                 fast_frames = self._sync_fast(rx, mac)
+                rx.snapshot()  # the totals as of its last READ, like its own counts
+                self.status.observe(mac, self.proto.sessions.get(mac), now)
                 sled = self._forget_sled(mac, keep_queue=True)
                 self.finished += 1
+                self.status.finished(mac, now)
                 if sled is not None:
                     secs = max(now - sled.started, 1e-6)
                     sled.frames = self.pool.frames_for(mac) + fast_frames
+                    rec = self.status.sleds.get(mac)
+                    counts = rec.boot_counts() if rec is not None else None
+                    again = counts.reasked if counts is not None else 0
                     self.log.event(
                         "finished",
                         f"{mac_str(mac)} finished {sled.image.name}: {human(sled.image.size)} "
                         f"in {secs:.2f} s ({sled.image.size / secs / 1e6:.1f} MB/s, "
-                        f"{sled.frames} frames)",
+                        f"{sled.frames} frames, {again} offsets asked again)",
                         mac=mac_str(mac), image=str(sled.image.path), seconds=round(secs, 3),
-                        frames=sled.frames, bytes=sled.image.size)
+                        frames=sled.frames, bytes=sled.image.size, reasked=again,
+                        repeated_reads=counts.repeats if counts is not None else 0)
                 else:
                     self.log.event("finished", f"{mac_str(mac)} finished", mac=mac_str(mac))
             case Ignored():
@@ -632,15 +688,40 @@ class Server:
             self._apply_blocklist(now)
         for key in [k for k in self._offered if k[0] not in self.proto.sessions]:
             del self._offered[key]
-        rows = []
         for mac, sled in list(self.sleds.items()):
             if mac not in self.proto.sessions:
                 self._forget_sled(mac)
+                self.status.gone(mac, now)
                 continue
-            progress = sled.progress(mac, now)
             if self.log.json:
+                progress = sled.progress(mac, now)
                 self.log.event("progress", "", **{k: v for k, v in progress.items()
                                                   if k != "name"})
-            rows.append(progress_row(progress))
-        if self.log.progress:
-            self.log.show_progress(rows)
+        self.status.prune(now)
+
+    def _publish(self, rx: Receiver, now: float) -> None:
+        """Bring every sled's counters to the status board (the C core's of
+        `rx`, the main loop's; the other receivers' bring their own) and
+        publish the status document (with the lock)."""
+        for mac in list(rx.fast_macs):
+            self._sync_fast(rx, mac)
+        rx.snapshot()  # its C totals as fresh as the sleds' (the others' are < 0.1 s old)
+        for mac in list(self.sleds):
+            self.status.observe(mac, self.proto.sessions.get(mac), now)
+        images = []
+        for i, path in enumerate(self.store.paths):
+            if path is None:
+                continue  # an empty slot (an image removed from the folder)
+            img = self.store.images[i]
+            info = self.status.images[i].as_dict() if i in self.status.images else {}
+            images.append({**info, "path": str(path), "mac": mac_str(self.macs[i]),
+                           "loaded": img is not None})
+        problem = link_problem(self.link.ifname, self.link.fileno())
+        if problem != self._link_problem:
+            self._link_problem = problem
+            if problem is not None:
+                self.log.event("link_down", problem, link=self.link.ifname, message=problem)
+            elif self.status.document:  # not at start-up
+                self.log.event("link_up", f"link {self.link.ifname} is up again",
+                               link=self.link.ifname)
+        self.status.publish(now, self.stats(), images, problem)

@@ -16,6 +16,7 @@ takes.
 
 from __future__ import annotations
 
+import errno
 import math
 import threading
 from dataclasses import dataclass
@@ -41,7 +42,8 @@ POLICED_SOURCES = 4096
 UNLIMITED_READ_RATE = 100_000
 
 POLICE_FIELDS = ("frames", "accepted", "foreign", "policed", "flagged", "served")
-TOTAL_FIELDS = ("reads", "offsets", "retransmits", "frames", "bytes", "syscalls", "errors")
+TOTAL_FIELDS = ("reads", "offsets", "retransmits", "repeats", "frames", "bytes", "syscalls",
+                "errors")
 
 
 @dataclass
@@ -51,6 +53,11 @@ class FastProgress:
     last_seen: float  # monotonic seconds of its last READ answered in C (0: none)
     high: int  # end of the furthest chunk sent
     frames: int  # DATA frames sent
+    reads: int = 0  # READs answered
+    offsets: int = 0  # offsets they asked for
+    retransmits: int = 0  # of them, asked again (below the high-water mark)
+    repeats: int = 0  # READs that asked again for at least one offset
+    bytes: int = 0  # DATA frame bytes sent (headers included)
 
 
 class Receiver:
@@ -129,6 +136,11 @@ class Receiver:
                                  self._pstats, int(spin * 1e9), math.ceil(timeout * 1000),
                                  wake_fd)
         if n < 0:
+            if ffi.errno == errno.ENETDOWN:
+                # The link was set down: the socket is told once, and gets
+                # frames again when it comes back up. The server rides it
+                # out (its /healthz says the link is down meanwhile).
+                return []
             raise OSError(ffi.errno, f"{self.link.ifname}: receive failed")
         view, lens = self._view, self._lens
         return [view[i * RX_SLOT:i * RX_SLOT + lens[i]] for i in range(n)]
@@ -176,7 +188,9 @@ class Receiver:
         if sled not in self.fast_macs or lib.ox_serve_get(self._table, sled, self._info) != 1:
             return None
         info = self._info
-        return FastProgress(info.last_ns / 1e9, int(info.high), int(info.frames))
+        return FastProgress(info.last_ns / 1e9, int(info.high), int(info.frames),
+                            int(info.reads), int(info.offsets), int(info.retransmits),
+                            int(info.repeats), int(info.bytes))
 
     def snapshot(self) -> None:
         """Copy the C counters for other threads to read; owner only."""

@@ -40,13 +40,6 @@ class SledState:
                 "mbps": round(rate / 1e6, 2), "eta": round(eta, 1)}
 
 
-def progress_row(p: dict[str, object]) -> str:
-    """One line of the terminal's progress table for :meth:`SledState.progress`."""
-    name = str(p["name"])[:24]
-    return (f"{p['mac']}  {name:<24} {p['percent']:5.1f}%  {p['mbps']:7.1f} MB/s  "
-            f"ETA {p['eta']:4.0f} s")
-
-
 class RxTotals:
     """The kernel's receive counters (which reset on each read), summed."""
 
@@ -70,7 +63,7 @@ def server_stats(proto: BootServer, receivers: Sequence[Receiver], pool: TxPool,
     fast = {k: sum(r.totals[k] for r in receivers) for k in TOTAL_FIELDS}
     counters = dict(proto.counters)
     # READs answered in C count as the protocol layer would have.
-    for key in ("reads", "offsets", "retransmits"):
+    for key in ("reads", "offsets", "retransmits", "repeats"):
         counters[key] = counters.get(key, 0) + fast[key]
     counters["frames"] = counters.get("frames", 0) + fast["reads"]
     tx = pool.totals()

@@ -79,9 +79,12 @@ def drop_at_ingress(host: Host, match: str) -> None:
                    text=True, check=True, capture_output=True)
 
 
-def drop_data(host: Host, percent: int, msg_type: int = 0x9104) -> None:
-    """Drop `percent`% of our frames of one type at the host's ingress."""
-    drop_at_ingress(host, f"@ll,144,32 {msg_type:#x} numgen random mod 100 < {percent}")
+def drop_data(host: Host, percent: int, msg_type: int = 0x9104, only_to: str | None = None) -> None:
+    """Drop `percent`% of our frames of one type at the host's ingress (only
+    those addressed to MAC `only_to`, if given: a bridge floods frames for a
+    MAC it has not learned to every port, and those must not count)."""
+    daddr = f"ether daddr {only_to} " if only_to else ""
+    drop_at_ingress(host, f"{daddr}@ll,144,32 {msg_type:#x} numgen random mod 100 < {percent}")
 
 
 def hold_data(host: Host, from_offset: int) -> None:
