@@ -21,6 +21,13 @@ from pathlib import Path
 
 from oxboot.link import TX_METHODS, parse_mac
 
+#: Transmit workers by default. One, sending from the receive loop itself:
+#: measured on a 2-core machine (BENCHMARKS.md), a second worker thread
+#: costs more in hand-offs and GIL traffic than it gains, because on veth
+#: the receiving side's work lands on the sending core too. --workers N
+#: spreads sleds over N sockets and threads where cores are plentiful.
+DEFAULT_WORKERS = 1
+
 #: Keys of the file's top level, and of each [[image]] table.
 TOP_KEYS = ("link", "listen", "read_rate", "workers", "user", "image_dir", "tx",
             "busy_poll", "scratch", "image")

@@ -1,10 +1,11 @@
 """The boot server's loop: a raw socket, the C receive loops, and the
 sans-I/O :class:`~oxboot.protocol.BootServer` that decides what to send.
 
-This module only moves frames and carries out the protocol's actions; the
+This module only moves frames and carries out the protocol's actions; what
+is on offer (:mod:`.catalog`: the image set, its slots, the folder), the
 images and their versions (:mod:`.images`), the event log (:mod:`.events`),
-the block policy (:mod:`.policy`) and the counters (:mod:`.stats`) are each
-their own module.
+the block policy (:mod:`.policy`), the counters (:mod:`.stats`) and the
+operator's view (:mod:`.status`) are each their own module.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Collection, Sequence
-from pathlib import Path
 
 from oxboot._native import ReadOffsets, fanout_index
 from oxboot.errors import BootError
@@ -28,7 +28,6 @@ from oxboot.protocol import (
     BootServer,
     Ignored,
     MsgType,
-    Offer,
     SendOffer,
     SendReset,
     ServeData,
@@ -36,7 +35,8 @@ from oxboot.protocol import (
     SessionStarted,
     data_extent,
 )
-from oxboot.serve.config import ConfigError, ImageEntry, ServerConfig
+from oxboot.serve.catalog import ImageCatalog, norm
+from oxboot.serve.config import DEFAULT_WORKERS, ImageEntry, ServerConfig
 from oxboot.serve.events import EventLog
 from oxboot.serve.images import ImageStore, ServedImage
 from oxboot.serve.policy import BlockPolicy
@@ -44,17 +44,11 @@ from oxboot.serve.receiver import READ_BURST, Receiver
 from oxboot.serve.stats import RxTotals, SledState, server_stats
 from oxboot.serve.status import PUBLISH_SECONDS, StatusBoard, link_problem
 from oxboot.serve.txworkers import Job, TxPool
-from oxboot.serve.watch import DirWatch, image_files
+from oxboot.serve.watch import DirWatch
 
 _READ_TYPE = int(MsgType.READ).to_bytes(4, "big")
 _HELLO_TYPE = int(MsgType.HELLO).to_bytes(4, "big")
 
-#: Transmit workers by default. One, sending from the receive loop itself:
-#: measured on a 2-core machine (BENCHMARKS.md), a second worker thread
-#: costs more in hand-offs and GIL traffic than it gains, because on veth
-#: the receiving side's work lands on the sending core too. --workers N
-#: spreads sleds over N sockets and threads where cores are plentiful.
-DEFAULT_WORKERS = 1
 #: Seconds the server polls its socket without sleeping after a frame (the
 #: faithful client's boot: ~400 -> ~490 MB/s here, BENCHMARKS.md).
 DEFAULT_BUSY_POLL = 0.001
@@ -69,12 +63,7 @@ PROTOCOL_RATE_MARGIN = 1.25
 SNAPSHOT_SECONDS = 0.1
 
 
-def _norm(path: str | os.PathLike[str]) -> Path:
-    """One spelling per file, to tell whether two paths are the same image."""
-    return Path(os.path.abspath(path))
-
-
-class Server:
+class Server(ImageCatalog):
     """Serve images on one link until stopped (or, with `once`, one boot).
 
     `assignments[i]`, if given, is the set of sleds `images[i]` is offered
@@ -108,9 +97,9 @@ class Server:
         if assignments is not None and len(assignments) != len(images):
             raise ValueError("one assignment (or None) per image")
         sleds = assignments or [None] * len(images)
-        self._plan = tuple(ImageEntry(_norm(p), None if a is None else frozenset(a))
+        self._plan = tuple(ImageEntry(norm(p), None if a is None else frozenset(a))
                            for p, a in zip(images, sleds, strict=True))
-        self._image_dir = _norm(image_dir) if image_dir is not None else None
+        self._image_dir = norm(image_dir) if image_dir is not None else None
         self._watch = DirWatch(self._image_dir) if self._image_dir is not None else None
         self.store = ImageStore(images, scratch, self.log, strict=once,
                                 on_new_version=self._new_version,
@@ -209,131 +198,12 @@ class Server:
             self.log.event("warning", f"no image to serve yet: waiting for one in "
                            f"{self._image_dir}", message="no image to serve yet")
 
-    def _image_event(self, i: int, img: ServedImage) -> None:
-        assigned = self.proto.assignments[i] if hasattr(self, "proto") else None
-        sleds = sorted(mac_str(m) for m in assigned) if assigned is not None else None
-        self.log.event("image", f"{img.path} ({human(img.size)}, sha256 "
-                       f"{img.header.sha256.hex()[:16]}…) offered from "
-                       f"{mac_str(self.macs[i])}"
-                       + (f" to {', '.join(sleds) or 'no sled'}" if sleds is not None else ""),
-                       image=str(img.path), index=i, mac=mac_str(self.macs[i]),
-                       size=img.size, sha256=img.header.sha256.hex(), sleds=sleds)
-
-    # ---- image versions and the image set ---------------------------------
-
-    def _new_version(self, index: int, img: ServedImage) -> None:
-        # Only after start-up: the protocol layer is made from the first ones.
-        if hasattr(self, "proto"):
-            self.proto.replace_offer(index, img.offer)
-            self.status.image_loaded(index, img)
-
-    def _slot_of(self, path: Path) -> int | None:
-        for i, p in enumerate(self.store.paths):
-            if p is not None and _norm(p) == path:
-                return i
-        return None
-
-    def _wanted(self) -> dict[Path, frozenset[bytes] | None]:
-        """The images to serve now, and whom each is for: the configured
-        ones, then the image folder's (for every sled unless configured)."""
-        wanted = {e.path: e.sleds for e in self._plan}
-        if self._image_dir is not None:
-            for path in image_files(self._image_dir):
-                wanted.setdefault(_norm(path), None)
-        return wanted
-
-    def _offers(self) -> list[Offer | None]:
-        return [None if img is None else img.offer for img in self.store.images]
-
-    def _assignments(self, wanted: dict[Path, frozenset[bytes] | None],
-                     ) -> list[frozenset[bytes] | None]:
-        return [None if p is None else wanted.get(_norm(p)) for p in self.store.paths]
-
-    def _update_images(self) -> None:
-        """Make the served set what :meth:`_wanted` says (with the lock):
-        images no longer wanted stop being offered (their boots in progress
-        go on), new ones are loaded into free slots, each with a MAC of its
-        own, and the protocol layer gets the new table."""
-        wanted = self._wanted()
-        if self._image_dir is not None:
-            self.store.forget_failures(wanted)
-        for i, path in enumerate(self.store.paths):
-            if path is not None and _norm(path) not in wanted:
-                self.store.remove(i)
-                self.log.event("removed", f"{path} no longer offered (boots of it in "
-                               "progress go on)", image=str(path), index=i)
-        # A slot is free for another image once no session can still READ
-        # from its MAC expecting the old one.
-        busy = (self.proto.slots_in_use() | {s.index for s in self.sleds.values()}
-                | {k[1] for k in self._offered})
-        added = []
-        for path in wanted:
-            if self._slot_of(path) is not None:
-                continue
-            free = [i for i, q in enumerate(self.store.paths) if q is None and i not in busy]
-            slot = self.store.add(path, free)
-            if slot is None:
-                continue
-            busy.add(slot)
-            while len(self.macs) < len(self.store):
-                mac = image_mac(self.link.mac, len(self.macs))
-                self.link.add_unicast(mac)  # its READs must reach us
-                self.macs.append(mac)
-            added.append(slot)
-        self.proto.set_images(self._offers(), self.macs, self._assignments(wanted))
-        for slot in added:
-            img = self.store.images[slot]
-            if img is not None:
-                self.status.image_loaded(slot, img)
-                self._image_event(slot, img)
-
-    def _refresh_images(self) -> None:
-        """On a HELLO and once a second: take in what changed in the image
-        folder (with the lock)."""
-        if self._watch is not None and self._watch.changed():
-            self._update_images()
-
-    def _reload(self) -> None:
-        """SIGHUP: re-read the configuration (with the lock)."""
-        if self._reloader is None:
-            self.log.event("warning", "SIGHUP: no configuration file to re-read (see "
-                           "--config); the image folder is read again",
-                           message="no configuration file")
-            self._update_images()
-            return
-        try:
-            config = self._reloader()
-        except ConfigError as e:
-            self.log.event("error", f"configuration not re-read, the previous one stays: {e}",
-                           message=str(e))
-            return
-        self._plan = tuple(ImageEntry(_norm(e.path), e.sleds) for e in config.images)
-        image_dir = _norm(config.image_dir) if config.image_dir is not None else None
-        if image_dir != self._image_dir:
-            if self._watch is not None:
-                self._watch.close()
-            self._image_dir = image_dir
-            self._watch = DirWatch(image_dir) if image_dir is not None else None
-        if config.read_rate is not None and config.read_rate != self._read_rate:
-            self._read_rate = config.read_rate
-            self.proto.set_read_rate(config.read_rate * PROTOCOL_RATE_MARGIN)
-            for r in self.receivers:
-                r.set_read_rate(config.read_rate)
-        if config.busy_poll is not None:
-            self.busy_poll = config.busy_poll / 1e6
-        restart = [key for key, now, then in (
-            ("link", config.link, self.link.ifname), ("listen", config.listen, self.listen),
-            ("workers", config.workers or DEFAULT_WORKERS, len(self.pool.workers)),
-            ("tx", config.tx or "auto", self._tx_method), ("user", config.user, self._user),
-            ("scratch", config.scratch, self.store.scratch)) if now != then]
-        if restart:
-            self.log.event("warning", f"{config.source}: {', '.join(restart)} changed: "
-                           "takes effect after a restart", message="restart needed",
-                           keys=restart)
-        self._update_images()
-        served = sum(1 for img in self.store.images if img is not None)
-        self.log.event("config", f"{config.source} re-read: {served} images served",
-                       path=str(config.source), images=served)
+    def _apply_read_rate(self, read_rate: float) -> None:
+        """Police each host at `read_rate` from now on (both lines of defence)."""
+        self._read_rate = read_rate
+        self.proto.set_read_rate(read_rate * PROTOCOL_RATE_MARGIN)
+        for r in self.receivers:
+            r.set_read_rate(read_rate)
 
     # ---- the loop ---------------------------------------------------------
 
