@@ -131,32 +131,26 @@ class MetricsCollector(Collector):
         yield size
         # Per sled: kept on the board some minutes after it ends, then gone
         # from here too, so a server that runs for months stays bounded.
-        per_sled = {
-            "bytes": CounterMetricFamily("oxboot_sled_data_bytes_sent_total",
-                                         "DATA payload bytes sent to the sled.",
-                                         labels=["sled"]),
-            "reasked": CounterMetricFamily("oxboot_sled_offsets_reasked_total",
-                                           "Offsets the sled asked for again.",
-                                           labels=["sled"]),
-            "repeats": CounterMetricFamily("oxboot_sled_repeated_reads_total",
-                                           "The sled's READs that asked again.",
-                                           labels=["sled"]),
-            "progress": GaugeMetricFamily("oxboot_sled_progress_ratio",
-                                          "How much of its image the sled has asked for.",
-                                          labels=["sled"]),
-            "booting": GaugeMetricFamily("oxboot_sled_booting",
-                                         "1 while the sled boots (stalled included).",
-                                         labels=["sled"]),
-        }
-        for s in sleds:
-            mac = [str(s.get("mac"))]
-            per_sled["bytes"].add_metric(mac, s.get("total_bytes_sent", 0))
-            per_sled["reasked"].add_metric(mac, s.get("total_reasked", 0))
-            per_sled["repeats"].add_metric(mac, s.get("total_repeated_reads", 0))
-            per_sled["progress"].add_metric(mac, float(s.get("percent") or 0) / 100)
-            per_sled["booting"].add_metric(mac, 1 if s.get("state") in ("booting", "stalled")
-                                           else 0)
-        yield from per_sled.values()
+        # (family, its help, what of a sled's row it reports)
+        per_sled = [
+            (CounterMetricFamily, "oxboot_sled_data_bytes_sent_total",
+             "DATA payload bytes sent to the sled.", lambda s: s.get("total_bytes_sent", 0)),
+            (CounterMetricFamily, "oxboot_sled_offsets_reasked_total",
+             "Offsets the sled asked for again.", lambda s: s.get("total_reasked", 0)),
+            (CounterMetricFamily, "oxboot_sled_repeated_reads_total",
+             "The sled's READs that asked again.", lambda s: s.get("total_repeated_reads", 0)),
+            (GaugeMetricFamily, "oxboot_sled_progress_ratio",
+             "How much of its image the sled has asked for.",
+             lambda s: float(s.get("percent") or 0) / 100),
+            (GaugeMetricFamily, "oxboot_sled_booting",
+             "1 while the sled boots (stalled included).",
+             lambda s: 1 if s.get("state") in ("booting", "stalled") else 0),
+        ]
+        for family, name, text, value in per_sled:
+            metric = family(name, text, labels=["sled"])
+            for s in sleds:
+                metric.add_metric([str(s.get("mac"))], value(s))
+            yield metric
 
 
 def health(doc: dict[str, object]) -> list[str]:

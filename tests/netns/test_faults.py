@@ -37,12 +37,6 @@ from support.lab import (
 from oxboot import build_image
 from oxboot.netlab import Host, Lab, wait_for
 
-pytestmark = [pytest.mark.net, pytest.mark.skipif(
-    os.geteuid() != 0 and os.environ.get("CI") != "true",
-    reason="network namespaces need root (CI runs as root)",
-)]
-
-
 # ---- random loss ----------------------------------------------------------------
 
 

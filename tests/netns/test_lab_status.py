@@ -31,11 +31,6 @@ from support.lab import (
 from oxboot.netlab import Host, Lab, sh, wait_for
 from oxboot.verify import read_header
 
-pytestmark = [pytest.mark.net, pytest.mark.skipif(
-    os.geteuid() != 0 and os.environ.get("CI") != "true",
-    reason="network namespaces need root (CI runs as root)",
-)]
-
 _GET = """
 import json, sys, urllib.error, urllib.request
 try:

@@ -26,11 +26,6 @@ from support.lab import (
 
 from oxboot.netlab import Lab, sh, wait_for
 
-pytestmark = [pytest.mark.net, pytest.mark.skipif(
-    os.geteuid() != 0 and os.environ.get("CI") != "true",
-    reason="network namespaces need root (CI runs as root)",
-)]
-
 SLED_MACS = ["02:00:00:00:00:01", "02:00:00:00:00:02", "02:00:00:00:00:03"]
 #: A HELLO, then long enough for any OFFER to come back (an OFFER is
 #: answered in milliseconds; the server's own events say it made none).

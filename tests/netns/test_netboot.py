@@ -5,7 +5,6 @@ injected by nftables in the kernel. Each test removes what it made."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import time
 from collections.abc import Callable
@@ -28,11 +27,6 @@ from support.lab import (
 
 from oxboot.link import af_xdp_unavailable
 from oxboot.netlab import Lab, sh, wait_for
-
-pytestmark = [pytest.mark.net, pytest.mark.skipif(
-    os.geteuid() != 0 and os.environ.get("CI") != "true",
-    reason="network namespaces need root (CI runs as root)",
-)]
 
 
 @pytest.mark.parametrize("extra", [[], ["--workers", "2"], ["--tx", "ring"], ["--tx", "send"],

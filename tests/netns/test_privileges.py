@@ -33,15 +33,8 @@ from support.lab import events, netboot
 
 from oxboot.netlab import Host, Lab, wait_for
 
-pytestmark = [
-    pytest.mark.net,
-    pytest.mark.skipif(
-        os.geteuid() != 0 and os.environ.get("CI") != "true",
-        reason="network namespaces and setpriv need root (CI runs as root)",
-    ),
-    pytest.mark.skipif(shutil.which("setpriv") is None,
-                       reason="setpriv (util-linux) is not installed"),
-]
+pytestmark = pytest.mark.skipif(shutil.which("setpriv") is None,
+                                reason="setpriv (util-linux) is not installed")
 
 SYSTEM_PYTHON = Path("/usr/bin/python3")
 VENV = Path(os.environ.get("OXBOOT_PRIVTEST_VENV", "/opt/oxboot-privtest-venv"))

@@ -19,8 +19,6 @@ from oxboot.netlab import Lab, wait_for
 from oxboot.serve import txworkers
 from oxboot.serve.txworkers import MAX_PENDING, Job, TxPool, TxWorker
 
-pytestmark = pytest.mark.net
-
 A, B, SRC = b"\x02\0\0\0\0\x0a", b"\x02\0\0\0\0\x0b", b"\x02\0\0\0\0\x01"
 
 

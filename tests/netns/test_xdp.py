@@ -28,8 +28,6 @@ ETHERTYPE = 0x1DE0
 CLONE_NEWNET = 0x40000000
 SO_RCVBUFFORCE = 33
 
-pytestmark = [pytest.mark.net,
-              pytest.mark.skipif(os.geteuid() != 0, reason="needs root (namespaces, AF_XDP)")]
 
 
 _libc = ctypes.CDLL(None, use_errno=True)
