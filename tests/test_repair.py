@@ -237,7 +237,7 @@ def test_flooding_host_cannot_amplify() -> None:
         assert rounds <= REPAIR_ROUNDS
         now += 0.001
     image_chunks = len(IMAGE) // CHUNK
-    assert sent == server.counters["repair_frames"] == server.sessions[SLED].repair.frames
+    assert sent == server.counters["repair_frames"] == server.sessions[SLED].repair.resent
     assert sent <= REPAIR_SHARE * (image_chunks + SLOTS) < asked * REPAIR_ROUNDS
     assert server.counters["repairs_refused"] > 0
 

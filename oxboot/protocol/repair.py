@@ -93,4 +93,4 @@ class RepairState:
     wait: float = 0.0  # seconds: how long after it the next READ was overdue
     due: float | None = None  # when the next round goes (None: no more)
     rounds: int = 0  # rounds sent for it
-    frames: int = 0  # repair DATA sent to this session, every READ
+    resent: int = 0  # repair DATA sent to this session, every READ

@@ -343,11 +343,11 @@ class BootServer:
         offsets = plan(r.offsets, r.rounds, self.repair)
         image = session.image
         chunks = min(session.high_water, self.images[image].data_size) // CHUNK
-        if r.frames + len(offsets) > REPAIR_SHARE * (chunks + SLOTS):
+        if r.resent + len(offsets) > REPAIR_SHARE * (chunks + SLOTS):
             self.counters["repairs_refused"] += 1
             return None
         r.rounds += 1
-        r.frames += len(offsets)
+        r.resent += len(offsets)
         self.counters["repairs"] += 1
         self.counters["repair_frames"] += len(offsets)
         if r.rounds < REPAIR_ROUNDS:
