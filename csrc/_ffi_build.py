@@ -179,6 +179,20 @@ int ox_serve_drop(ox_serve *s, const uint8_t *sled);
 int ox_serve_get(ox_serve *s, const uint8_t *sled, ox_serve_info *info);
 size_t ox_serve_probes(ox_serve *s, const uint8_t *sled);
 void ox_serve_totals_get(ox_serve *s, ox_serve_totals *out);
+typedef struct {
+    uint64_t first_ns, min_ns, max_ns, margin_ns;
+} ox_repair_params;
+int ox_serve_repair(ox_serve *s, const ox_repair_params *p);
+typedef struct {
+    uint8_t sled[6];
+    uint64_t base;
+    uint64_t mask[2];
+    uint64_t read_ns;
+    uint64_t wait_ns;
+} ox_serve_overdue_rec;
+long ox_serve_overdue(ox_serve *s, uint64_t now_ns, ox_serve_overdue_rec *out, size_t cap);
+int ox_serve_resent(ox_serve *s, const uint8_t *sled, uint64_t now_ns);
+uint64_t ox_serve_wake(ox_serve *s);
 long ox_rx_serve(int fd, ox_police *p, ox_serve *s, int tx_fd, uint64_t now_ns, uint8_t *out,
                  size_t slot_size, uint32_t *lens, size_t out_n, size_t max_frames,
                  ox_police_stats *stats);

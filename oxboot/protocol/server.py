@@ -18,7 +18,6 @@ from oxboot.protocol.repair import (
     REPAIR_ROUNDS,
     REPAIR_SHARE,
     RepairState,
-    plan,
 )
 from oxboot.protocol.rules import data_frame, due_offsets
 from oxboot.protocol.wire import (
@@ -298,11 +297,17 @@ class BootServer:
             heapq.heappop(heap)
         return None
 
+    def repairs_due(self, now: float) -> list[bytes]:
+        """The sleds :meth:`due_repairs` would send a round to at ``now``
+        (for the I/O to bring in what it knows of them first)."""
+        return [mac for due, _, mac in self._repairs if due <= now
+                and (s := self.sessions.get(mac)) is not None and s.repair.due == due]
+
     def due_repairs(self, now: float,
                     accept: Callable[[bytes], bool] | None = None) -> list[ServeData]:
         """The repair rounds due at ``now``: for each established session
-        whose next READ is overdue, the DATA of its last READ again (see
-        :func:`~oxboot.protocol.repair.plan`), then again later with back-off,
+        whose next READ is overdue, the DATA of its last READ again, then
+        again later with back-off,
         at most REPAIR_ROUNDS times. Only sessions ``accept`` takes are
         handled now (the others stay due)."""
         out: list[ServeData] = []
@@ -328,6 +333,7 @@ class BootServer:
              wait: float) -> None:
         r = session.repair
         r.offsets, r.read_at, r.wait, r.rounds = offsets, read_at, wait, 0
+        r.sent_at = read_at
         if self.repair == "off" or session.finished or session.image is None:
             r.due = None
             return
@@ -340,13 +346,14 @@ class BootServer:
         r.due = None
         if session.finished or session.image is None or not r.offsets:
             return None
-        offsets = plan(r.offsets, r.rounds, self.repair)
+        offsets = r.offsets
         image = session.image
         chunks = min(session.high_water, self.images[image].data_size) // CHUNK
         if r.resent + len(offsets) > REPAIR_SHARE * (chunks + SLOTS):
             self.counters["repairs_refused"] += 1
             return None
         r.rounds += 1
+        r.sent_at = now
         r.resent += len(offsets)
         self.counters["repairs"] += 1
         self.counters["repair_frames"] += len(offsets)
@@ -416,10 +423,12 @@ class BootServer:
         high = session.high_water
         again = 0 if min(offsets) >= high else sum(1 for offset in offsets if offset < high)
         r = session.repair
-        if not again and r.offsets and r.rounds == 0 and now > r.read_at:
-            # A fresh batch right after an unrepaired READ: a round trip.
-            # (After a repair, or for a re-ask, the gap says nothing of it.)
-            r.rtt.sample(round((now - r.read_at) * 1e9))
+        if not again and r.offsets and now > r.sent_at:
+            # A fresh batch after a READ, or after its last repair round
+            # (which it most likely answers: on a link that loses a frame
+            # of every batch, no sample would come otherwise), is a round
+            # trip. (A re-ask's gap is the client's timer.)
+            r.rtt.sample(round((now - r.sent_at) * 1e9))
         self._arm(session, tuple(offsets), now, r.rtt.wait() / 1e9)
         session.high_water = max(high, max(offsets) + CHUNK)
         session.retransmits += again

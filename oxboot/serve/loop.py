@@ -9,6 +9,7 @@ their own module.
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 import time
@@ -32,6 +33,7 @@ from oxboot.protocol import (
     SessionFinished,
     SessionStarted,
 )
+from oxboot.protocol.repair import DEFAULT_REPAIR
 from oxboot.serve.events import EventLog
 from oxboot.serve.images import ImageStore, ServedImage
 from oxboot.serve.policy import BlockPolicy
@@ -70,7 +72,7 @@ class Server:
                  tx_method: str = "auto", scratch: str | None = None,
                  read_rate: float = DEFAULT_READ_RATE, workers: int | None = None,
                  user: str | None = None, busy_poll: float = DEFAULT_BUSY_POLL,
-                 fast_path: bool = True,
+                 fast_path: bool = True, repair: str = DEFAULT_REPAIR,
                  on_ready: Callable[[Server], None] | None = None) -> None:
         self.log = log or EventLog()
         self.store = ImageStore(images, scratch, self.log, strict=once,
@@ -91,12 +93,13 @@ class Server:
         self._read_rate = read_rate
         self.receivers: list[Receiver] = []
         try:
-            self.receivers.append(Receiver(self.link, self.pool.inline, read_rate, fast))
+            timed = repair != "off"  # the C core times the READs it answers
+            self.receivers.append(Receiver(self.link, self.pool.inline, read_rate, fast, timed))
             if fast and n_workers > 1:
                 group = self.link.join_fanout(None)
                 for w in self.pool.workers[1:]:
                     rx = RawLink(link)
-                    self.receivers.append(Receiver(rx, w, read_rate, fast))
+                    self.receivers.append(Receiver(rx, w, read_rate, fast, timed))
                     rx.join_fanout(group)
         except BaseException:
             for r in self.receivers[1:]:
@@ -114,7 +117,7 @@ class Server:
         self.proto = BootServer([img.offer for img in loaded], self.macs,
                                 None if allow is None else list(allow),
                                 read_rate=read_rate * PROTOCOL_RATE_MARGIN,
-                                read_burst=READ_BURST)
+                                read_burst=READ_BURST, repair=repair)
         # The protocol state and the I/O layer's bookkeeping are shared by
         # the receive threads: whoever handles a frame or a tick holds this.
         self._lock = threading.RLock()
@@ -202,7 +205,8 @@ class Server:
             if inline.pending:
                 timeout = 0.0
             else:
-                timeout = max(0.0, min(next_tick, start + (self.hello_timeout or 1e9)) - now)
+                timeout = max(0.0, min(next_tick, start + (self.hello_timeout or 1e9),
+                                       self._next_repair()) - now)
             # Busy-poll a moment after each READ while one sled boots: an OS
             # client's next READ comes right after our last DATA, and a
             # sleeping (virtual) CPU takes tens of microseconds to wake. With
@@ -231,9 +235,12 @@ class Server:
         core left to Python; True once the single boot asked for (-s) is done."""
         received = rx.receive(timeout, spin, wake_fd)
         flagged = rx.flagged()
+        now = time.monotonic()
+        if rx.repair_due() or self._next_repair() <= now:
+            with self._lock:
+                self._repair(rx, now)
         if not received and not flagged:
             return False
-        now = time.monotonic()
         with self._lock:
             if flagged:
                 self._block(flagged, now)
@@ -244,6 +251,30 @@ class Server:
                         return True
         return False
 
+    def _next_repair(self) -> float:
+        """When the protocol layer next has a repair round to send (inf: none)."""
+        with self._lock:
+            due = self.proto.next_repair()
+        return math.inf if due is None else due
+
+    def _repair(self, rx: Receiver, now: float) -> None:
+        """Batch repair for `rx`'s sleds (on its thread, with the lock): the
+        READs its C core answered and found overdue go to the protocol
+        layer, which says what to send again (oxboot.protocol.repair)."""
+        for late in rx.overdue():
+            self.proto.note_read(late.sled, late.offsets, late.read_at, late.wait)
+        mine = None if len(self.receivers) == 1 else \
+            (lambda mac: self.receiver_for(mac) is rx)
+        for mac in self.proto.repairs_due(now):
+            if mac in rx.fast_macs:
+                # A later READ answered in C since? Then nothing is overdue.
+                self._sync_fast(rx, mac)
+        for action in self.proto.due_repairs(now, mine):
+            sled = self.sleds.get(action.dst)
+            if sled is not None:  # the session's own version of the image
+                self.pool.submit(Job(action.dst, action.src, sled.image, action.offsets))
+                rx.resent(action.dst)
+
     def _worker(self, rx: Receiver) -> None:
         """A receive loop of its own (workers after the first): its share of
         the sleds, split by the fanout, answered on its core."""
@@ -253,7 +284,7 @@ class Server:
             while not self._stop:
                 now = time.monotonic()
                 timeout = 0.0 if rx.tx.pending else \
-                    min(max(0.0, next_tick - now), SNAPSHOT_SECONDS)
+                    min(max(0.0, min(next_tick, self._next_repair()) - now), SNAPSHOT_SECONDS)
                 if self._handle(rx, timeout):
                     os.write(self._wake_w, b"x")  # the main loop returns
                 now = time.monotonic()
