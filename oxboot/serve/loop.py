@@ -236,19 +236,18 @@ class Server:
         received = rx.receive(timeout, spin, wake_fd)
         flagged = rx.flagged()
         now = time.monotonic()
-        if rx.repair_due() or self._next_repair() <= now:
-            with self._lock:
-                self._repair(rx, now)
-        if not received and not flagged:
-            return False
         with self._lock:
             if flagged:
                 self._block(flagged, now)
+            # Frames first: a READ or FINISHED that came while a repair fell
+            # due (a busy or slow machine) means there is nothing to repair.
             for buf in received:
                 for action in self._decide(buf, now):
                     self._got_hello |= self._act(action, now, rx)
                     if self.once and self.finished:
                         return True
+            if rx.repair_due() or self._next_repair() <= now:
+                self._repair(rx, now)
         return False
 
     def _next_repair(self) -> float:
