@@ -52,7 +52,7 @@ def build_parser(prog: str = "bootserver") -> Parser:
     p.add_argument("--repair", choices=REPAIR_MODES, default=DEFAULT_REPAIR,
                    help="batch repair (default %(default)s): when a sled's next READ is overdue "
                    "by a few milliseconds over its round trip, a frame was lost, and the DATA of "
-                   "its last READ is sent again (at most 3 times, backing off), so that it need "
+                   "its last READ is sent again (at most 4 times, backing off), so that it need "
                    "not wait for its 1 s timer; each copy it already has makes the OS print "
                    "'dropped data packet' on its console (BENCHMARKS.md: about 40 lines per lost "
                    "frame at 1%% loss, 10 at 5%%); off: lost frames wait for the sled's timer")
