@@ -26,8 +26,7 @@ struct serve_entry {
      * when the next READ is overdue (0: not armed). */
     uint64_t rep_base;
     uint64_t rep_mask[2];
-    uint64_t rep_at;   /* when it, or the caller's last round of it, went */
-    uint64_t rep_read; /* when it came */
+    uint64_t rep_at;
     uint64_t rep_due;
     uint64_t rep_wait;
     uint64_t srtt, rttvar; /* the round trip, smoothed (0: no sample yet) */
@@ -149,15 +148,9 @@ static void repair_note(ox_serve *s, struct serve_entry *e, const uint64_t *off,
 
     if (s->repair.first_ns == 0)
         return;
-    if (e->rep_at != 0 && e->rep_reported != REP_REPORTED && fresh && now > e->rep_at) {
-        uint64_t gap = now - e->rep_at;
-        /* Too soon to answer the round: the sled was only slow, the repair
-         * needless; its whole gap makes the next wait longer (repair.py). */
-        if (e->rep_reported == REP_RESENT && gap < e->srtt / 2 && now > e->rep_read)
-            gap = now - e->rep_read;
-        repair_sample(e, gap);
-    }
-    e->rep_at = e->rep_read = now;
+    if (e->rep_at != 0 && e->rep_reported != REP_REPORTED && fresh && now > e->rep_at)
+        repair_sample(e, now - e->rep_at);
+    e->rep_at = now;
     e->rep_reported = REP_TIMED;
     repair_disarm(s, e);
     if (n <= 0)
@@ -195,7 +188,7 @@ long ox_serve_overdue(ox_serve *s, uint64_t now_ns, ox_serve_overdue_rec *out, s
             r->base = e->rep_base;
             r->mask[0] = e->rep_mask[0];
             r->mask[1] = e->rep_mask[1];
-            r->read_ns = e->rep_read;
+            r->read_ns = e->rep_at;
             r->wait_ns = e->rep_wait;
             repair_disarm(s, e);
             e->rep_reported = REP_REPORTED;

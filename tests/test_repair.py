@@ -135,22 +135,6 @@ def test_late_read_gets_its_batch_again() -> None:
     assert server.sessions[SLED].repair.rtt.srtt == (7 * 200_000 + 600_000) // 8
 
 
-def test_needless_repair_makes_the_next_wait_longer() -> None:
-    """The READ comes too soon after a round to answer it (the sled was
-    only slow): the sample is its whole gap from the READ before, not the
-    moment since the round, so that the wait grows instead of shrinking."""
-    server = make()
-    last = started(server)
-    wait = wait_of(server)
-    assert server.due_repairs(last + wait)
-    srtt = server.sessions[SLED].repair.rtt.srtt
-    read(server, batch(3), last + wait + RTT / 10)
-    expected = RoundTrip(srtt, server.sessions[SLED].repair.rtt.rttvar)
-    r = server.sessions[SLED].repair
-    assert r.rtt.srtt == (7 * srtt + round((wait + RTT / 10) * 1e9)) // 8 > srtt
-    assert r.wait > wait and expected.srtt == srtt
-
-
 def test_lost_read_rounds_back_off_then_stop_for_good() -> None:
     """The sled's READ was lost (or it stopped): the batch goes again
     REPAIR_ROUNDS times, each wait REPAIR_BACKOFF times longer, then never."""

@@ -428,13 +428,7 @@ class BootServer:
             # (which it most likely answers: on a link that loses a frame
             # of every batch, no sample would come otherwise), is a round
             # trip. (A re-ask's gap is the client's timer.)
-            gap = round((now - r.sent_at) * 1e9)
-            if r.rounds and gap < r.rtt.srtt // 2:
-                # Too soon to answer the round: the sled was only slow, and
-                # the repair needless. Its whole gap makes the next wait
-                # longer.
-                gap = round((now - r.read_at) * 1e9)
-            r.rtt.sample(gap)
+            r.rtt.sample(round((now - r.sent_at) * 1e9))
         self._arm(session, tuple(offsets), now, r.rtt.wait() / 1e9)
         session.high_water = max(high, max(offsets) + CHUNK)
         session.retransmits += again
