@@ -395,6 +395,44 @@ int ox_serve_get(ox_serve *s, const uint8_t *sled, ox_serve_info *info);
  * diagnosis. 0 on a bad argument. */
 size_t ox_serve_probes(ox_serve *s, const uint8_t *sled);
 void ox_serve_totals_get(ox_serve *s, ox_serve_totals *out);
+/*
+ * Batch repair timing for the READs answered here (the decisions are the
+ * caller's: oxboot/protocol/repair.py). After each READ answered, its
+ * offsets and time are kept and, if they have an OS client's slot layout
+ * (every offset a multiple of 1024 within one 128 KiB batch), the READ is
+ * overdue once the sled's round trip (RFC 6298's estimator over the gaps
+ * between a READ and the next fresh batch, as repair.py's RoundTrip) plus
+ * the larger of margin_ns and 4 deviations has passed, within
+ * [min_ns, max_ns] (first_ns before any sample). ox_rx_serve_wait then
+ * returns to the caller, which takes the overdue READs with
+ * ox_serve_overdue: each is reported once (disarmed), and the gap after it
+ * is no round trip sample. first_ns == 0 turns the timing off (the
+ * default). ox_serve_repair: 0, or -1 on bad arguments.
+ */
+typedef struct {
+    uint64_t first_ns, min_ns, max_ns, margin_ns;
+} ox_repair_params;
+int ox_serve_repair(ox_serve *s, const ox_repair_params *p);
+typedef struct {
+    uint8_t sled[6];
+    uint64_t base;     /* the READ's offsets: base + 1024 i for each bit i of mask */
+    uint64_t mask[2];  /* bits 0..63, 64..127 */
+    uint64_t read_ns;  /* when it was answered (now_ns of ox_rx_serve) */
+    uint64_t wait_ns;  /* how long after it the next READ was overdue */
+} ox_serve_overdue_rec;
+/* The READs overdue at now_ns, at most cap of them into out (the others
+ * stay for the next call): how many, or -1 on bad arguments. Cheap when
+ * none is due. */
+long ox_serve_overdue(ox_serve *s, uint64_t now_ns, ox_serve_overdue_rec *out, size_t cap);
+/* The caller resent the DATA of `sled`'s overdue READ at now_ns: a fresh
+ * batch READ after it gives a round trip sample from then (the READ most
+ * likely answers the last round; without samples from repaired batches, a
+ * link that loses a frame of every batch would never have any). Call it
+ * for every round. 1 if `sled`'s last READ was reported, 0 if not, -1 on
+ * bad arguments. */
+int ox_serve_resent(ox_serve *s, const uint8_t *sled, uint64_t now_ns);
+/* No READ is overdue before this (0: none is armed). */
+uint64_t ox_serve_wake(ox_serve *s);
 /* ox_rx_police that also answers READs of the sessions in s (NULL: none);
  * a READ answered counts against out_n like a frame kept, so that a stream
  * of READs cannot keep the call from returning. */
@@ -404,8 +442,8 @@ long ox_rx_serve(int fd, ox_police *p, ox_serve *s, int tx_fd, uint64_t now_ns, 
 /*
  * ox_rx_serve in a loop, sleeping in poll() in between, until there are
  * frames for Python (returns how many), the policer flags a source, or
- * timeout_ms pass, a signal comes or wake_fd (-1: none) is readable
- * (returns 0): READs of the sessions in s are answered without a trip
+ * timeout_ms pass, a signal comes, wake_fd (-1: none) is readable or a
+ * READ is overdue (ox_serve_repair) (returns 0): READs of the sessions in s are answered without a trip
  * through Python. For spin_ns after each READ answered it polls without
  * sleeping (0: never). -1 with errno on a socket error.
  */

@@ -42,6 +42,13 @@ from support.frames import (
 )
 
 from oxboot._native import Sha256, ffi, lib, sha256
+from oxboot.protocol.repair import (
+    REPAIR_FIRST_WAIT_NS,
+    REPAIR_MARGIN_NS,
+    REPAIR_MAX_WAIT_NS,
+    REPAIR_MIN_WAIT_NS,
+    RoundTrip,
+)
 
 U64 = (1 << 64) - 1
 
@@ -839,14 +846,15 @@ class Served:
         return lib.ox_serve_set(self.table, sled, image_mac, self.image.ptr, self.image.size,
                                 high)
 
-    def run(self, frames: list[bytes], out_n: int = 64) -> tuple[list[bytes], list[bytes]]:
+    def run(self, frames: list[bytes], out_n: int = 64,
+            now_ns: int = 123_000_000_000) -> tuple[list[bytes], list[bytes]]:
         """(frames handed back, DATA frames sent)."""
         for f in frames:
             self.rx_in.send(f)
         out = ffi.new("uint8_t[]", out_n * 2048)
         lens = ffi.new("uint32_t[]", out_n)
         n = lib.ox_rx_serve(self.rx.fileno(), self.police, self.table, self.tx.fileno(),
-                            123_000_000_000, out, 2048, lens, out_n, 1 << 20, self.stats)
+                            now_ns, out, 2048, lens, out_n, 1 << 20, self.stats)
         assert n >= 0
         kept = [ffi.buffer(out + i * 2048, lens[i])[:] for i in range(n)]
         return kept, _drain(self.tx_out)
@@ -1008,6 +1016,139 @@ def test_serve_returns_after_out_n_reads() -> None:
         assert kept == [] and len(sent) == 4  # the rest waits on the socket
         kept, sent = s.run([], out_n=64)
         assert len(sent) == 6
+    finally:
+        s.close()
+
+
+# ---- batch repair timing of the READs answered in C (ox_serve_repair) ------------------
+
+
+def _timed(s: Served) -> None:
+    params = ffi.new("ox_repair_params *", {
+        "first_ns": REPAIR_FIRST_WAIT_NS, "min_ns": REPAIR_MIN_WAIT_NS,
+        "max_ns": REPAIR_MAX_WAIT_NS, "margin_ns": REPAIR_MARGIN_NS})
+    assert lib.ox_serve_repair(s.table, params) == 0
+
+
+def _overdue(s: Served, now_ns: int, cap: int = 8) -> list[tuple[bytes, list[int], int, int]]:
+    recs = ffi.new(f"ox_serve_overdue_rec[{max(cap, 1)}]")
+    n = lib.ox_serve_overdue(s.table, now_ns, recs, cap)
+    assert n >= 0
+    out = []
+    for r in recs[0:n]:
+        mask = int(r.mask[0]) | int(r.mask[1]) << 64
+        offsets = [int(r.base) + 1024 * i for i in range(128) if mask >> i & 1]
+        out.append((bytes(ffi.buffer(r.sled, 6)), offsets, int(r.read_ns), int(r.wait_ns)))
+    return out
+
+
+def _batch_frame(sled: bytes, k: int, slots: range = range(128)) -> bytes:
+    return _read_frame(sled, IMAGE_MAC, {i: k * 131072 + 1024 * i for i in slots})
+
+
+@pytest.mark.net
+def test_serve_times_reads_as_the_protocol_layer_does() -> None:
+    """The C core's round trip estimate and overdue time of each READ it
+    answers are protocol.repair.RoundTrip's, gap for gap."""
+    s = Served(image_bytes(64 * 1024))
+    try:
+        _timed(s)
+        sled = bytes.fromhex("020000000001")
+        assert s.add(sled) == 0
+        rtt, now = RoundTrip(), 10**12
+        rng = random.Random(5)
+        for k in range(40):
+            s.run([_batch_frame(sled, k)], now_ns=now)
+            assert lib.ox_serve_wake(s.table) == now + rtt.wait()
+            assert _overdue(s, now + rtt.wait() - 1) == []
+            gap = rng.choice([150_000, 200_000, 400_000, 3_000_000, 40_000_000])
+            now += gap
+            if k < 39:  # the next READ comes after `gap`: a sample
+                rtt.sample(gap)
+        # The last one is overdue: reported once, with its offsets and times.
+        due = lib.ox_serve_wake(s.table)
+        last = now - gap
+        [(mac, offsets, read_ns, wait_ns)] = _overdue(s, due)
+        assert mac == sled and offsets == [39 * 131072 + 1024 * i for i in range(128)]
+        assert (read_ns, wait_ns) == (last, due - last)
+        assert _overdue(s, due + 10**9) == [] and lib.ox_serve_wake(s.table) == 0
+    finally:
+        s.close()
+
+
+@pytest.mark.net
+def test_serve_overdue_gaps_resends_and_layouts() -> None:
+    s = Served(image_bytes(64 * 1024))
+    try:
+        _timed(s)
+        sled, other = bytes.fromhex("020000000001"), bytes.fromhex("020000000002")
+        assert s.add(sled) == 0 and s.add(other) == 0
+        t = 10**12
+        s.run([_batch_frame(sled, 0)], now_ns=t)
+        s.run([_batch_frame(sled, 1)], now_ns=t + 300_000)  # a sample: 0.3 ms
+        wait = max(300_000 + REPAIR_MARGIN_NS, REPAIR_MIN_WAIT_NS)
+        assert lib.ox_serve_wake(s.table) == t + 300_000 + wait
+        # A re-ask of two slots: overdue in turn, exactly those offsets.
+        s.run([_batch_frame(sled, 1, range(17, 19))], now_ns=t + 10**9)
+        [(_, offsets, _, _)] = _overdue(s, t + 10**9 + wait)
+        assert offsets == [131072 + 17 * 1024, 131072 + 18 * 1024]
+        # Reported, not resent: the next READ's gap is no sample.
+        s.run([_batch_frame(sled, 2)], now_ns=t + 2 * 10**9)
+        assert lib.ox_serve_wake(s.table) == t + 2 * 10**9 + wait
+        # Reported and resent: the gap from the resend is one.
+        assert _overdue(s, t + 2 * 10**9 + wait)
+        assert lib.ox_serve_resent(s.table, sled, t + 3 * 10**9) == 1
+        s.run([_batch_frame(sled, 3)], now_ns=t + 3 * 10**9 + 500_000)
+        rtt = RoundTrip()
+        rtt.sample(300_000)
+        rtt.sample(500_000)
+        assert lib.ox_serve_wake(s.table) == t + 3 * 10**9 + 500_000 + rtt.wait()
+        # Not an OS client's layout (offsets of two batches, or not whole
+        # chunks): answered, never timed.
+        for slots in ({0: 131072 * 5, 1: 131072 * 6 + 1024}, {0: 131072 + 7}):
+            s.run([_read_frame(other, IMAGE_MAC, slots)], now_ns=t)
+        assert _overdue(s, t + 10**10) == [(sled, [3 * 131072 + 1024 * i for i in range(128)],
+                                             t + 3 * 10**9 + 500_000, rtt.wait())]
+        # Resent without a report: nothing changes; unknown sled: 0.
+        assert lib.ox_serve_resent(s.table, bytes(6), t) == 0
+        # Several due, room for one: the other on the next call.
+        for f in (_batch_frame(sled, 4), _batch_frame(other, 0)):
+            s.run([f], now_ns=t + 4 * 10**9)  # one batch at a time: a socketpair holds little
+        first = _overdue(s, t + 5 * 10**9, cap=1)
+        second = _overdue(s, t + 5 * 10**9, cap=1)
+        assert len(first) == len(second) == 1 and {first[0][0], second[0][0]} == {sled, other}
+        # A dropped session is never reported; timing off disarms all.
+        for f in (_batch_frame(sled, 5), _batch_frame(other, 1)):
+            s.run([f], now_ns=t + 6 * 10**9)  # one batch at a time: a socketpair holds little
+        assert lib.ox_serve_drop(s.table, other) == 1
+        assert [r[0] for r in _overdue(s, t + 7 * 10**9)] == [sled]
+        s.run([_batch_frame(sled, 6)], now_ns=t + 8 * 10**9)
+        off = ffi.new("ox_repair_params *")
+        assert lib.ox_serve_repair(s.table, off) == 0
+        assert lib.ox_serve_wake(s.table) == 0 and _overdue(s, t + 10**11) == []
+        s.run([_batch_frame(sled, 7)], now_ns=t + 9 * 10**9)
+        assert lib.ox_serve_wake(s.table) == 0
+    finally:
+        s.close()
+
+
+@pytest.mark.net
+def test_serve_untimed_by_default_and_bad_repair_arguments() -> None:
+    s = Served(image_bytes(4096))
+    try:
+        sled = bytes.fromhex("020000000001")
+        assert s.add(sled) == 0
+        s.run([_batch_frame(sled, 0, range(4))])
+        assert lib.ox_serve_wake(s.table) == 0
+        bad = ffi.new("ox_repair_params *", {"first_ns": 1, "min_ns": 5, "max_ns": 2})
+        assert lib.ox_serve_repair(s.table, bad) == -1
+        assert lib.ox_serve_repair(ffi.NULL, bad) == -1
+        assert lib.ox_serve_repair(s.table, ffi.NULL) == -1
+        assert lib.ox_serve_overdue(ffi.NULL, 0, ffi.NULL, 0) == -1
+        assert lib.ox_serve_overdue(s.table, 0, ffi.NULL, 1) == -1
+        assert lib.ox_serve_resent(ffi.NULL, sled, 0) == -1
+        assert lib.ox_serve_resent(s.table, ffi.NULL, 0) == -1
+        assert lib.ox_serve_wake(ffi.NULL) == 0
     finally:
         s.close()
 

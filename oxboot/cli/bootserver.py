@@ -15,6 +15,7 @@ from oxboot.cli.common import Parser, UsageError, fail, run_network_command
 from oxboot.errors import LinkError
 from oxboot.link import TX_METHODS, parse_mac
 from oxboot.protocol import DEFAULT_READ_RATE
+from oxboot.protocol.repair import DEFAULT_REPAIR, REPAIR_MODES
 from oxboot.serve import DEFAULT_BUSY_POLL, EventLog, Server
 from oxboot.serve.config import ConfigError, ServerConfig, known_user, load_config
 from oxboot.serve.receiver import UNLIMITED_READ_RATE
@@ -80,6 +81,13 @@ def build_parser(prog: str = "bootserver") -> Parser:
                    metavar="USEC", action=_Given,
                    help="poll the socket this long without sleeping after each frame while "
                    "one sled boots, for lower latency (default %(default)g; 0: never)")
+    p.add_argument("--repair", choices=REPAIR_MODES, default=DEFAULT_REPAIR,
+                   help="batch repair (default %(default)s): when a sled's next READ is overdue "
+                   "by a few milliseconds over its round trip, a frame was lost, and the DATA of "
+                   "its last READ is sent again (at most 4 times, backing off), so that it need "
+                   "not wait for its 1 s timer; each copy it already has makes the OS print "
+                   "'dropped data packet' on its console (BENCHMARKS.md: about 40 lines per lost "
+                   "frame at 1%% loss, 10 at 5%%); off: lost frames wait for the sled's timer")
     p.add_argument("--scratch", metavar="DIR",
                    help="where each image's private, verified copy is kept while it is "
                    "served, inflated if compressed (default: $OXBOOT_SCRATCH or /var/tmp)")
@@ -216,7 +224,7 @@ def _body(args: argparse.Namespace) -> int:
                             workers=config.workers, user=config.user,
                             read_rate=config.read_rate, busy_poll=config.busy_poll / 1e6,
                             assignments=assignments, image_dir=config.image_dir,
-                            listen=config.listen,
+                            listen=config.listen, repair=args.repair,
                             reload=reload if args.config is not None else None)
         except LinkError as e:
             raise UsageError(e.strerror or str(e)) from None

@@ -73,7 +73,7 @@ def _body(args: argparse.Namespace) -> int:
             f"{'ok' if result.verified else 'FAILED'}: {human(result.image_size)} from "
             f"{result.server or '(no server)'} in {result.seconds:.2f} s "
             f"({result.mbps:.1f} MB/s), {result.retransmits} retransmissions, "
-            f"state {result.state.value}\n")
+            f"{result.duplicates} duplicates, state {result.state.value}\n")
     if not result.verified:
         return fail(result.reason or "boot failed")
     return 0

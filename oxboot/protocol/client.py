@@ -79,7 +79,9 @@ class ClientSession:
         self.bytes_received = 0
         self.write_extent = 0  # furthest byte written; the OS checks it at the end
         self.retransmits = 0
-        self.dropped = 0  # DATA for offsets not outstanding
+        # DATA for offsets not outstanding: the OS prints "dropped data
+        # packet for offset N" on its console for each (a duplicate, mostly).
+        self.dropped = 0
         self.last_hello: float | None = None
         self.panic_reason: str | None = None
 
@@ -206,13 +208,16 @@ class ClientSession:
         return False
 
     def absorb_fast_path(self, *, received: int, extent: int, eof: bool,
-                         next_offset: int | None = None) -> None:
+                         next_offset: int | None = None, dropped: int = 0) -> None:
         """Take in what a C fast path did with this session's slot buffers:
         ``received`` more payload bytes written, up to ``extent``, the EOF
-        reply seen, and (when it started batches itself) its next offset."""
-        if received < 0 or (next_offset is not None and next_offset < self.next_offset):
+        reply seen, (when it started batches itself) its next offset, and
+        ``dropped`` more DATA for no outstanding slot."""
+        if received < 0 or dropped < 0 or \
+                (next_offset is not None and next_offset < self.next_offset):
             raise ValueError("a fast path only moves a session forward")
         self.bytes_received += received
+        self.dropped += dropped
         self.write_extent = max(self.write_extent, extent)
         self.eof = self.eof or eof
         if next_offset is not None:

@@ -6,14 +6,24 @@ It never sends: the I/O layer (:mod:`oxboot.serve`) carries out the
 
 from __future__ import annotations
 
+import heapq
 from collections import Counter
-from collections.abc import Collection, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Collection, Iterator, Sequence
+from dataclasses import dataclass, field
 
+from oxboot.protocol.repair import (
+    DEFAULT_REPAIR,
+    REPAIR_BACKOFF,
+    REPAIR_MODES,
+    REPAIR_ROUNDS,
+    REPAIR_SHARE,
+    RepairState,
+)
 from oxboot.protocol.rules import data_frame, due_offsets
 from oxboot.protocol.wire import (
     BROADCAST,
     CHUNK,
+    SLOTS,
     Finished,
     Frame,
     FrameError,
@@ -112,6 +122,7 @@ class Session:
     finished: bool = False
     high_water: int = 0  # end of the highest chunk requested so far
     offered: tuple[int, ...] = ()  # the images its HELLO was offered (one of them it boots)
+    repair: RepairState = field(default_factory=RepairState)
 
 
 @dataclass(slots=True)
@@ -176,10 +187,14 @@ class BootServer:
         read_burst: int = 256,
         max_sessions: int = 1024,
         idle_timeout: float = 60.0,
+        repair: str = DEFAULT_REPAIR,
     ) -> None:
         table = _image_table(images, server_macs, assignments)
         if read_rate <= 0 or read_burst < 1 or max_sessions < 1 or idle_timeout <= 0:
             raise ValueError("rates, burst, max_sessions and idle_timeout must be > 0")
+        if repair not in REPAIR_MODES:
+            raise ValueError(f"repair must be one of {', '.join(REPAIR_MODES)}")
+        self.repair = repair
         self.images: tuple[Offer | None, ...] = table[0]
         self.server_macs: tuple[bytes, ...] = table[1]
         self.assignments: tuple[frozenset[bytes] | None, ...] = table[2]
@@ -197,6 +212,10 @@ class BootServer:
         self._image_of = {mac: i for i, mac in enumerate(self.server_macs)}
         self._buckets: dict[bytes, _Bucket] = {}
         self._max_buckets = max(4 * max_sessions, 64)
+        # (due, tie-break, mac) of pending repairs; an entry whose session's
+        # due time has changed since is stale and skipped.
+        self._repairs: list[tuple[float, int, bytes]] = []
+        self._repair_seq = 0
 
     # -- entry points --
 
@@ -312,6 +331,100 @@ class BootServer:
         if session is not None:
             session.last_seen = max(session.last_seen, last_seen)
             session.high_water = max(session.high_water, high_water)
+            if last_seen > session.repair.read_at:
+                # A later READ was answered there: nothing of ours is overdue.
+                session.repair.offsets, session.repair.due = (), None
+
+    # -- batch repair (oxboot.protocol.repair) --
+
+    def note_read(self, mac: bytes, offsets: Sequence[int], read_at: float,
+                  wait: float) -> None:
+        """A READ of ``mac`` answered outside :meth:`receive` (the C core)
+        at ``read_at`` asking for ``offsets``, after which no READ came for
+        ``wait`` seconds: repair it as one of ours (see :meth:`due_repairs`)."""
+        session = self.sessions.get(mac)
+        if session is None or not offsets or read_at <= session.repair.read_at:
+            return
+        session.last_seen = max(session.last_seen, read_at)
+        session.high_water = max(session.high_water, max(offsets) + CHUNK)
+        self._arm(session, tuple(offsets), read_at, wait)
+
+    def next_repair(self) -> float | None:
+        """When :meth:`due_repairs` next has something to do (None: never)."""
+        heap = self._repairs
+        while heap:
+            due, _, mac = heap[0]
+            session = self.sessions.get(mac)
+            if session is not None and session.repair.due == due:
+                return due
+            heapq.heappop(heap)
+        return None
+
+    def repairs_due(self, now: float) -> list[bytes]:
+        """The sleds :meth:`due_repairs` would send a round to at ``now``
+        (for the I/O to bring in what it knows of them first)."""
+        return [mac for due, _, mac in self._repairs if due <= now
+                and (s := self.sessions.get(mac)) is not None and s.repair.due == due]
+
+    def due_repairs(self, now: float,
+                    accept: Callable[[bytes], bool] | None = None) -> list[ServeData]:
+        """The repair rounds due at ``now``: for each established session
+        whose next READ is overdue, the DATA of its last READ again, then
+        again later with back-off,
+        at most REPAIR_ROUNDS times. Only sessions ``accept`` takes are
+        handled now (the others stay due)."""
+        out: list[ServeData] = []
+        later: list[tuple[float, int, bytes]] = []
+        heap = self._repairs
+        while heap and heap[0][0] <= now:
+            entry = heapq.heappop(heap)
+            due, _, mac = entry
+            session = self.sessions.get(mac)
+            if session is None or session.repair.due != due:
+                continue  # stale
+            if accept is not None and not accept(mac):
+                later.append(entry)
+                continue
+            action = self._repair_round(session, now)
+            if action is not None:
+                out.append(action)
+        for entry in later:
+            heapq.heappush(heap, entry)
+        return out
+
+    def _arm(self, session: Session, offsets: tuple[int, ...], read_at: float,
+             wait: float) -> None:
+        r = session.repair
+        r.offsets, r.read_at, r.wait, r.rounds = offsets, read_at, wait, 0
+        r.sent_at = read_at
+        if self.repair == "off" or session.finished or session.image is None:
+            r.due = None
+            return
+        r.due = read_at + wait
+        self._repair_seq += 1
+        heapq.heappush(self._repairs, (r.due, self._repair_seq, session.mac))
+
+    def _repair_round(self, session: Session, now: float) -> ServeData | None:
+        r = session.repair
+        r.due = None
+        if session.finished or session.image is None or not r.offsets:
+            return None
+        offsets = r.offsets
+        image = session.image
+        chunks = min(session.high_water, self.images[image].data_size) // CHUNK
+        if r.resent + len(offsets) > REPAIR_SHARE * (chunks + SLOTS):
+            self.counters["repairs_refused"] += 1
+            return None
+        r.rounds += 1
+        r.sent_at = now
+        r.resent += len(offsets)
+        self.counters["repairs"] += 1
+        self.counters["repair_frames"] += len(offsets)
+        if r.rounds < REPAIR_ROUNDS:
+            r.due = now + r.wait * REPAIR_BACKOFF ** r.rounds
+            self._repair_seq += 1
+            heapq.heappush(self._repairs, (r.due, self._repair_seq, session.mac))
+        return ServeData(session.mac, self.server_macs[image], image, offsets)
 
     # -- message handlers --
 
@@ -384,6 +497,14 @@ class BootServer:
         # high-water mark is one it is asking for again.
         high = session.high_water
         again = 0 if min(offsets) >= high else sum(1 for offset in offsets if offset < high)
+        r = session.repair
+        if not again and r.offsets and now > r.sent_at:
+            # A fresh batch after a READ, or after its last repair round
+            # (which it most likely answers: on a link that loses a frame
+            # of every batch, no sample would come otherwise), is a round
+            # trip. (A re-ask's gap is the client's timer.)
+            r.rtt.sample(round((now - r.sent_at) * 1e9))
+        self._arm(session, tuple(offsets), now, r.rtt.wait() / 1e9)
         session.high_water = max(high, max(offsets) + CHUNK)
         session.retransmits += again
         session.repeats += again != 0
@@ -408,6 +529,7 @@ class BootServer:
         if session.image != image:
             return self._ignore(src, "FINISHED for another image")
         session.finished = True
+        session.repair.due = None
         self.counters["finished"] += 1
         return [SessionFinished(src, image)]
 

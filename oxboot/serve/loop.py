@@ -10,6 +10,7 @@ operator's view (:mod:`.status`) are each their own module.
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import threading
@@ -35,6 +36,7 @@ from oxboot.protocol import (
     SessionStarted,
     data_extent,
 )
+from oxboot.protocol.repair import DEFAULT_REPAIR
 from oxboot.serve.catalog import ImageCatalog, norm
 from oxboot.serve.config import DEFAULT_WORKERS, ImageEntry, ServerConfig
 from oxboot.serve.events import EventLog
@@ -83,7 +85,7 @@ class Server(ImageCatalog):
                  tx_method: str = "auto", scratch: str | None = None,
                  read_rate: float = DEFAULT_READ_RATE, workers: int | None = None,
                  user: str | None = None, busy_poll: float = DEFAULT_BUSY_POLL,
-                 fast_path: bool = True,
+                 fast_path: bool = True, repair: str = DEFAULT_REPAIR,
                  on_ready: Callable[[Server], None] | None = None,
                  assignments: Sequence[Collection[bytes] | None] | None = None,
                  image_dir: str | os.PathLike[str] | None = None,
@@ -131,12 +133,13 @@ class Server(ImageCatalog):
         self._user = user
         self.receivers: list[Receiver] = []
         try:
-            self.receivers.append(Receiver(self.link, self.pool.inline, read_rate, fast))
+            timed = repair != "off"  # the C core times the READs it answers
+            self.receivers.append(Receiver(self.link, self.pool.inline, read_rate, fast, timed))
             if fast and n_workers > 1:
                 group = self.link.join_fanout(None)
                 for w in self.pool.workers[1:]:
                     rx = RawLink(link)
-                    self.receivers.append(Receiver(rx, w, read_rate, fast))
+                    self.receivers.append(Receiver(rx, w, read_rate, fast, timed))
                     rx.join_fanout(group)
         except BaseException:
             for r in self.receivers[1:]:
@@ -155,7 +158,7 @@ class Server(ImageCatalog):
                                 None if allow is None else list(allow),
                                 assignments=self._assignments(self._wanted()),
                                 read_rate=read_rate * PROTOCOL_RATE_MARGIN,
-                                read_burst=READ_BURST)
+                                read_burst=READ_BURST, repair=repair)
         # The protocol state and the I/O layer's bookkeeping are shared by
         # the receive threads: whoever handles a frame or a tick holds this.
         self._lock = threading.RLock()
@@ -302,7 +305,8 @@ class Server(ImageCatalog):
                 timeout = 0.0
             else:
                 timeout = max(0.0, min(next_tick, next_publish,
-                                       start + (self.hello_timeout or 1e9)) - now)
+                                       start + (self.hello_timeout or 1e9),
+                                       self._next_repair()) - now)
             # Busy-poll a moment after each READ while one sled boots: an OS
             # client's next READ comes right after our last DATA, and a
             # sleeping (virtual) CPU takes tens of microseconds to wake. With
@@ -339,12 +343,12 @@ class Server(ImageCatalog):
         core left to Python; True once the single boot asked for (-s) is done."""
         received = rx.receive(timeout, spin, wake_fd)
         flagged = rx.flagged()
-        if not received and not flagged:
-            return False
         now = time.monotonic()
         with self._lock:
             if flagged:
                 self._block(flagged, now)
+            # Frames first: a READ or FINISHED that came while a repair fell
+            # due (a busy or slow machine) means there is nothing to repair.
             for buf in received:
                 if buf[18:22] == _HELLO_TYPE:
                     # Offers are made from the image folder as it is now.
@@ -353,7 +357,33 @@ class Server(ImageCatalog):
                     self._got_hello |= self._act(action, now, rx)
                     if self.once and self.finished:
                         return True
+            if rx.repair_due() or self._next_repair() <= now:
+                self._repair(rx, now)
         return False
+
+    def _next_repair(self) -> float:
+        """When the protocol layer next has a repair round to send (inf: none)."""
+        with self._lock:
+            due = self.proto.next_repair()
+        return math.inf if due is None else due
+
+    def _repair(self, rx: Receiver, now: float) -> None:
+        """Batch repair for `rx`'s sleds (on its thread, with the lock): the
+        READs its C core answered and found overdue go to the protocol
+        layer, which says what to send again (oxboot.protocol.repair)."""
+        for late in rx.overdue():
+            self.proto.note_read(late.sled, late.offsets, late.read_at, late.wait)
+        mine = None if len(self.receivers) == 1 else \
+            (lambda mac: self.receiver_for(mac) is rx)
+        for mac in self.proto.repairs_due(now):
+            if mac in rx.fast_macs:
+                # A later READ answered in C since? Then nothing is overdue.
+                self._sync_fast(rx, mac)
+        for action in self.proto.due_repairs(now, mine):
+            sled = self.sleds.get(action.dst)
+            if sled is not None:  # the session's own version of the image
+                self.pool.submit(Job(action.dst, action.src, sled.image, action.offsets))
+                rx.resent(action.dst)
 
     def _worker(self, rx: Receiver) -> None:
         """A receive loop of its own (workers after the first): its share of
@@ -364,7 +394,7 @@ class Server(ImageCatalog):
             while not self._stop:
                 now = time.monotonic()
                 timeout = 0.0 if rx.tx.pending else \
-                    min(max(0.0, next_tick - now), SNAPSHOT_SECONDS)
+                    min(max(0.0, min(next_tick, self._next_repair()) - now), SNAPSHOT_SECONDS)
                 if self._handle(rx, timeout):
                     os.write(self._wake_w, b"x")  # the main loop returns
                 now = time.monotonic()

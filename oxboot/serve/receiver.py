@@ -19,11 +19,19 @@ from __future__ import annotations
 import errno
 import math
 import threading
+import time
 from dataclasses import dataclass
 
 from oxboot._native import ffi, lib
 from oxboot.errors import BootError
 from oxboot.link import MAX_BLOCKED, RawLink
+from oxboot.protocol import CHUNK, NETBOOT_ALIGN
+from oxboot.protocol.repair import (
+    REPAIR_FIRST_WAIT_NS,
+    REPAIR_MARGIN_NS,
+    REPAIR_MAX_WAIT_NS,
+    REPAIR_MIN_WAIT_NS,
+)
 from oxboot.serve.txworkers import Mapped, TxWorker
 
 #: Sessions whose READs the C core answers without Python, per receiver.
@@ -40,6 +48,9 @@ POLICED_SOURCES = 4096
 #: with clients that never wait for their DATA). Frames over the rate are
 #: still dropped one by one.
 UNLIMITED_READ_RATE = 100_000
+
+#: Overdue READs taken from the C core per call (the rest on the next).
+OVERDUE_BATCH = 64
 
 POLICE_FIELDS = ("frames", "accepted", "foreign", "policed", "flagged", "served")
 TOTAL_FIELDS = ("reads", "offsets", "retransmits", "repeats", "frames", "bytes", "syscalls",
@@ -60,10 +71,21 @@ class FastProgress:
     bytes: int = 0  # DATA frame bytes sent (headers included)
 
 
+@dataclass
+class Overdue:
+    """A READ answered in C after which the sled's next READ is overdue."""
+
+    sled: bytes
+    offsets: tuple[int, ...]
+    read_at: float  # monotonic seconds
+    wait: float  # seconds after it at which it was overdue
+
+
 class Receiver:
     """A receive socket drained in C, its policer and (fast path) sessions."""
 
-    def __init__(self, link: RawLink, tx: TxWorker, read_rate: float, fast: bool) -> None:
+    def __init__(self, link: RawLink, tx: TxWorker, read_rate: float, fast: bool,
+                 repair: bool = False) -> None:
         self.link = link
         self.tx = tx
         self._police = self._new_policer(read_rate)
@@ -87,6 +109,15 @@ class Receiver:
             xsk = tx.link.tx_xsk()
             if xsk != ffi.NULL:
                 lib.ox_serve_use_xsk(table, xsk)
+            if repair:
+                # The C core times its READs as protocol.repair's RoundTrip
+                # does; the protocol layer decides what an overdue one gets.
+                params = ffi.new("ox_repair_params *", {
+                    "first_ns": REPAIR_FIRST_WAIT_NS, "min_ns": REPAIR_MIN_WAIT_NS,
+                    "max_ns": REPAIR_MAX_WAIT_NS, "margin_ns": REPAIR_MARGIN_NS})
+                if lib.ox_serve_repair(table, params) != 0:
+                    raise BootError("bad repair parameters")
+        self._overdue = ffi.new(f"ox_serve_overdue_rec[{OVERDUE_BATCH}]")
         self._info = ffi.new("ox_serve_info *")
         self._totals = ffi.new("ox_serve_totals *")
         # The sleds whose READs the C core answers, each with the image it
@@ -191,6 +222,37 @@ class Receiver:
         return FastProgress(info.last_ns / 1e9, int(info.high), int(info.frames),
                             int(info.reads), int(info.offsets), int(info.retransmits),
                             int(info.repeats), int(info.bytes))
+
+    def repair_due(self) -> bool:
+        """Whether a READ answered in C may be overdue now (cheap)."""
+        if not self.fast:
+            return False
+        wake = lib.ox_serve_wake(self._table)
+        return wake != 0 and wake <= time.monotonic_ns()
+
+    def overdue(self) -> list[Overdue]:
+        """The READs answered in C that are overdue now, each reported once
+        (the C core stops timing it); owner only."""
+        if not self.fast:
+            return []
+        out: list[Overdue] = []
+        while True:
+            n = lib.ox_serve_overdue(self._table, time.monotonic_ns(), self._overdue,
+                                     OVERDUE_BATCH)
+            for rec in self._overdue[0:max(n, 0)]:
+                mask = int(rec.mask[0]) | int(rec.mask[1]) << 64
+                base = int(rec.base)
+                offsets = tuple(base + i * CHUNK for i in range(NETBOOT_ALIGN // CHUNK)
+                                if mask >> i & 1)
+                out.append(Overdue(bytes(ffi.buffer(rec.sled, 6)), offsets,
+                                   rec.read_ns / 1e9, rec.wait_ns / 1e9))
+            if n < OVERDUE_BATCH:
+                return out
+
+    def resent(self, sled: bytes) -> None:
+        """The DATA of `sled`'s overdue READ went again just now; owner only."""
+        if sled in self.fast_macs:
+            lib.ox_serve_resent(self._table, sled, time.monotonic_ns())
 
     def snapshot(self) -> None:
         """Copy the C counters for other threads to read; owner only."""

@@ -38,6 +38,9 @@ class NetbootResult:
     frames: int
     server: str | None
     reason: str | None = None
+    #: DATA for no outstanding slot (duplicates, mostly): the OS prints
+    #: "dropped data packet for offset N" on its console for each.
+    duplicates: int = 0
 
     @property
     def mbps(self) -> float:
@@ -49,7 +52,8 @@ class NetbootResult:
             "image_size": self.image_size, "ramdisk_len": self.ramdisk_len,
             "seconds": round(self.seconds, 4), "total_seconds": round(self.total_seconds, 4),
             "mbps": round(self.mbps, 2), "retransmits": self.retransmits,
-            "frames": self.frames, "server": self.server, "reason": self.reason,
+            "frames": self.frames, "duplicates": self.duplicates, "server": self.server,
+            "reason": self.reason,
         }
 
 
@@ -168,7 +172,7 @@ def _run(link: RawLink, want: bytes, timeout: float | None, save: str | None,
         total_seconds=end - start, retransmits=sess.retransmits,
         frames=rx.frames if rx is not None else 0,
         server=sess.server.hex(":") if sess.server else None,
-        reason=reason,
+        reason=reason, duplicates=sess.dropped,
     )
     if ram is not None:
         ram.close()

@@ -84,7 +84,7 @@ class DataReceiver:
         the end is near), a frame for Python arrives (returned) or
         `timeout_ms` pass; the session is brought up to date."""
         sess = self.sess
-        before = self.stats.bytes
+        before, stray = self.stats.bytes, self.stats.data_stray
         if self._ring != ffi.NULL:
             self._next.next_offset = sess.next_offset
             n = lib.ox_rxring_data_wait(self._ring, self._args, _MAX_FRAMES, timeout_ms,
@@ -96,7 +96,8 @@ class DataReceiver:
         if n < 0:
             raise OSError(ffi.errno, "receive failed")
         sess.absorb_fast_path(received=self.stats.bytes - before, extent=self.stats.extent,
-                              eof=bool(self.stats.eof), next_offset=next_offset)
+                              eof=bool(self.stats.eof), next_offset=next_offset,
+                              dropped=self.stats.data_stray - stray)
         if self._other_len[0]:
             return bytes(ffi.buffer(self._other, self._other_len[0]))
         return None

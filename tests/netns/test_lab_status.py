@@ -159,8 +159,10 @@ def test_lossy_link_is_named_and_counted_exactly(lab: Lab, images: dict, tmp_pat
     img, raw = images["small"]  # 1024 DATA: P(no loss at 1%) = 0.99**1024 < 1e-4
     drop_data(lossy, 1, only_to=lossy.mac())
     log = tmp_path / "server.log"
+    # Repair off: the client re-asks for every lost frame itself (batch
+    # repair would resend most of them first: tests/netns/test_repair.py).
     bootserver(lab, srv, ["--json", "--listen", "127.0.0.1:0", "--workers", str(workers),
-                          srv.ifname, str(img), "any"], log)
+                          "--repair", "off", srv.ifname, str(img), "any"], log)
     url = listening(log)
     procs = [(h, start_netboot(h, img, tmp_path / f"{h.ns}.raw", 120)) for h in (lossy, clean)]
     results = {}

@@ -11,6 +11,7 @@ import select
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from oxboot.netlab import Host, Lab, sh, wait_for
@@ -102,13 +103,14 @@ def dropped_frames(host: Host) -> int:
 
 
 def boot_once(lab: Lab, srv: Host, sled: Host, image: tuple[Path, bytes], tmp: Path,
-              timeout: float = 60) -> tuple[float, dict]:
+              timeout: float = 60, server_args: Sequence[str] = ()) -> tuple[float, dict]:
     """`bootserver -s` on `srv`, one boot of `image` (path, raw bytes) by
     `sled`, which must complete and verify, and the server exit 0 after it.
     Returns (seconds from the netboot's start, the sled's result)."""
     img, raw = image
     log = tmp / "server.log"
-    server = bootserver(lab, srv, ["-s", "--json", srv.ifname, str(img), "any"], log)
+    server = bootserver(lab, srv, ["-s", "--json", *server_args, srv.ifname, str(img), "any"],
+                        log)
     wait_listening(log)
     started = time.monotonic()
     status, result, saved = netboot(sled, img, tmp, timeout=timeout)
