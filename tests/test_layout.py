@@ -195,3 +195,10 @@ def test_each_part_imports_only_what_it_may(unit: str) -> None:
             if unit == "protocol" and parts[0] in PROTOCOL_NEVER:
                 wrong.append(f"{path.relative_to(ROOT)}: {name} (the protocol is sans-I/O)")
     assert not wrong, "\n".join(wrong)
+
+
+def test_test_files_have_unique_names() -> None:
+    """pytest imports test files by their basename (rootdir conftest, no
+    packages): two of one name in different folders cannot both run."""
+    names = [p.name for p in (ROOT / "tests").rglob("test_*.py")]
+    assert len(names) == len(set(names)), sorted(n for n in names if names.count(n) > 1)

@@ -60,7 +60,7 @@ def boot_under_loss(lab: Lab, tmp_path: Path, image: tuple[Path, bytes], percent
 def test_boot_survives_random_data_loss(lab: Lab, images: dict, tmp_path: Path,
                                         percent: int, boot_times: Callable[[str], None]) -> None:
     # 1 MiB: each lost DATA stalls its batch for ~1 s (the client's own
-    # timer; repaired boots: tests/netns/test_repair.py).
+    # timer; repaired boots: tests/netns/test_repair_lab.py).
     took, result, dropped = boot_under_loss(lab, tmp_path, images["small"], percent, 0x9104,
                                             at_server=False, server_args=("--repair", "off"))
     boot_times(f"{percent}% DATA loss, 1 sled: 1 MiB booted in {took:.1f} s "

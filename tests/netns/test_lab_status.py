@@ -160,7 +160,7 @@ def test_lossy_link_is_named_and_counted_exactly(lab: Lab, images: dict, tmp_pat
     drop_data(lossy, 1, only_to=lossy.mac())
     log = tmp_path / "server.log"
     # Repair off: the client re-asks for every lost frame itself (batch
-    # repair would resend most of them first: tests/netns/test_repair.py).
+    # repair would resend most of them first: tests/netns/test_repair_lab.py).
     bootserver(lab, srv, ["--json", "--listen", "127.0.0.1:0", "--workers", str(workers),
                           "--repair", "off", srv.ifname, str(img), "any"], log)
     url = listening(log)

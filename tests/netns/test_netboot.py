@@ -158,7 +158,7 @@ def test_boot_survives_5_percent_data_loss(lab: Lab, images: dict, tmp_path: Pat
     img, raw = images["small"]
     drop_data(sled, 5)
     log = tmp_path / "server.log"
-    # The client's own timer (repaired boots: tests/netns/test_repair.py).
+    # The client's own timer (repaired boots: tests/netns/test_repair_lab.py).
     bootserver(lab, srv, ["-s", "--json", "--repair", "off", srv.ifname, str(img), "any"], log)
     wait_listening(log)
     started = time.monotonic()
