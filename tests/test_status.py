@@ -382,3 +382,28 @@ def test_a_boot_keeps_the_version_it_was_offered(image: ServedImage, tmp_path: P
     b.started(OTHER, 0, new, 1.1)
     publish(b, 1.2)
     assert sled_doc(b, OTHER)["image"]["version"] == 2
+
+
+def test_batch_repair_resends_are_on_the_sleds_row_and_in_the_metrics(
+        image: ServedImage) -> None:
+    """What batch repair resent to a sled (its lost frames, as the server
+    can tell them with repair on) is counted per boot and over its boots."""
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from oxboot.serve.http import MetricsCollector
+
+    b, _ = board()
+    s = boot(b, image, SLED, 0.0)
+    s.repair.resent = 256  # two rounds of a whole batch
+    b.observe(SLED, s, 0.5)
+    b.finished(SLED, 0.5)
+    s2 = boot(b, image, SLED, 10.0)  # it boots again
+    s2.repair.resent = 128
+    b.observe(SLED, s2, 10.1)
+    doc = publish(b, 10.2)
+    d = sled_doc(b, SLED)
+    assert d["repair_frames"] == 128 and d["total_repair_frames"] == 384
+    registry = CollectorRegistry()
+    registry.register(MetricsCollector(lambda: doc))
+    text = generate_latest(registry).decode()
+    assert 'oxboot_sled_repair_frames_total{sled="02:00:00:00:00:07"} 384.0' in text

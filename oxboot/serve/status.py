@@ -131,6 +131,8 @@ class SledRecord:
     samples: deque[tuple[float, int, int, int]] = field(default_factory=deque)
     warned: float | None = None  # monotonic: the last lossy_link warning
     warnings: int = 0
+    repair_frames: int = 0  # DATA resent by batch repair this boot (lost frames, or a slow sled)
+    repair_frames_earlier: int = 0  # in earlier boots on the board
 
     # -- what happened --
 
@@ -138,6 +140,8 @@ class SledRecord:
         """A HELLO (or a session resumed) starts over: last boot's counts
         go to the cumulative ones."""
         self.earlier = self.earlier.plus(self.boot_counts())
+        self.repair_frames_earlier += self.repair_frames
+        self.repair_frames = 0
         self.state = state
         self.seen = now
         self.image = None
@@ -186,6 +190,7 @@ class SledRecord:
                               session.repeats)
         self.high = max(self.high, session.high_water)
         self.seen = max(self.seen, session.last_seen)
+        self.repair_frames = session.repair.resent
 
     def sample(self, now: float) -> None:
         c = self.boot_counts()
@@ -276,6 +281,8 @@ class SledRecord:
             # Over every boot of this sled while it is on the board (metrics).
             "total_bytes_sent": total.bytes, "total_frames_sent": total.frames,
             "total_reasked": total.reasked, "total_repeated_reads": total.repeats,
+            "repair_frames": self.repair_frames,
+            "total_repair_frames": self.repair_frames_earlier + self.repair_frames,
             "ended_ago": None if self.ended is None else round(now - self.ended, 1),
             "updated": wall,
         }
