@@ -228,3 +228,17 @@ def vs_hash_or_copy(benchmark, figure: str, argv: list[str], src: Path, copy: Pa
            openssl_seconds=round(statistics.median(hashes), 3),
            dd_seconds=round(statistics.median(copies), 3), bytes=src.stat().st_size,
            rounds=rounds, output=output)
+
+
+def netboot_image(d: Path, size: int) -> Path:
+    """A boot image of `size` bytes in `d` for the network benchmarks: half
+    random, a quarter zeros, a quarter random (what compresses, what does not)."""
+    from oxboot import build_image
+
+    raw = d / "img.raw"
+    with open(raw, "wb") as f:
+        f.write(os.urandom(size // 2))
+        f.write(bytes(size // 4))
+        f.write(os.urandom(size // 4))
+    build_image(raw, d / "img.img", target_size=size)
+    return d / "img.img"

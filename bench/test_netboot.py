@@ -21,9 +21,8 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import QUICK, knob, note, record, script, self_test_skip
+from conftest import QUICK, knob, netboot_image, note, record, script, self_test_skip
 
-from oxboot import build_image
 from oxboot.netlab import Host, Lab, wait_for
 
 HERE = Path(__file__).resolve().parent
@@ -38,14 +37,7 @@ def image(tmp_path_factory: pytest.TempPathFactory) -> Path:
     # 256 MiB in quick mode too: a boot of it takes ~0.4 s, long enough
     # against the sled's start and end; sixteen sleds hold 4 GiB of RAM.
     size = 256 << 20
-    d = tmp_path_factory.mktemp("netbench")
-    raw = d / "img.raw"
-    with open(raw, "wb") as f:
-        f.write(os.urandom(size // 2))
-        f.write(bytes(size // 4))
-        f.write(os.urandom(size // 4))
-    build_image(raw, d / "img.img", target_size=size)
-    img = d / "img.img"
+    img = netboot_image(tmp_path_factory.mktemp("netbench"), size)
     img.read_bytes()
     # The image tools' benchmarks leave gigabytes of dirty pages behind:
     # written back now, not by kernel threads while the network is measured.

@@ -24,9 +24,17 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import QUICK, SELF_TEST, knob, note, record, script, self_test_skip
+from conftest import (
+    QUICK,
+    SELF_TEST,
+    knob,
+    netboot_image,
+    note,
+    record,
+    script,
+    self_test_skip,
+)
 
-from oxboot import build_image
 from oxboot.netlab import Host, Lab, sh, wait_for
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (namespaces)")
@@ -41,15 +49,9 @@ SLOWED_TIMEOUT = 30.0
 
 @pytest.fixture(scope="module")
 def image(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    d = tmp_path_factory.mktemp("repairbench")
-    raw = d / "img.raw"
-    with open(raw, "wb") as f:
-        f.write(os.urandom(SIZE // 2))
-        f.write(bytes(SIZE // 4))
-        f.write(os.urandom(SIZE // 4))
-    build_image(raw, d / "img.img", target_size=SIZE)
+    img = netboot_image(tmp_path_factory.mktemp("repairbench"), SIZE)
     os.sync()
-    return d / "img.img"
+    return img
 
 
 def _drop(host: Host, percent: int) -> None:

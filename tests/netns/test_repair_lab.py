@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from support.lab import bootserver, drop_data, dropped_frames, events, netboot, wait_listening
+from support.lab import boot_once, drop_data, dropped_frames, events
 
 from oxboot.link import af_xdp_unavailable
 from oxboot.netlab import Lab
@@ -35,17 +35,11 @@ def test_repaired_boot_under_data_loss(lab: Lab, images: dict, tmp_path: Path, e
     if "xdp" in extra and (why := af_xdp_unavailable()):
         pytest.skip(why)
     srv, sled = lab.pair()
-    img, raw = images["big"]  # 24 MiB: 192 batches, nearly all lose a frame
-    drop_data(sled, 5)
-    log = tmp_path / "server.log"
-    server = bootserver(lab, srv, ["-s", "--json", *extra, srv.ifname, str(img), "any"], log)
-    wait_listening(log)
-    status, result, saved = netboot(sled, img, tmp_path, timeout=150)
-    assert status == 0 and result["verified"], result
-    assert saved.read_bytes() == raw
-    assert server.wait(10) == 0
+    drop_data(sled, 5)  # 24 MiB: 192 batches, nearly all lose a frame
+    _, result = boot_once(lab, srv, sled, images["big"], tmp_path, timeout=150,
+                          server_args=extra)
     lost = dropped_frames(sled)
-    stats = _final_stats(log)
+    stats = _final_stats(tmp_path / "server.log")
     assert lost > 0 and stats["repairs"] > 0 and stats["repair_frames"] > 0, stats
     # Every frame of a round is one the READ asked for, and the client
     # only ever drops what it already had: duplicates come from repairs
@@ -61,17 +55,10 @@ def test_repaired_boot_under_data_loss(lab: Lab, images: dict, tmp_path: Path, e
 def test_repair_off_leaves_losses_to_the_client_timer(lab: Lab, images: dict, tmp_path: Path,
                                                        boot_times: Callable[[str], None]) -> None:
     srv, sled = lab.pair()
-    img, raw = images["small"]  # 1 MiB: each lost DATA stalls its batch for ~1 s
-    drop_data(sled, 5)
-    log = tmp_path / "server.log"
-    server = bootserver(lab, srv, ["-s", "--json", "--repair", "off", srv.ifname, str(img),
-                                   "any"], log)
-    wait_listening(log)
-    status, result, saved = netboot(sled, img, tmp_path, timeout=150)
-    assert status == 0 and result["verified"], result
-    assert saved.read_bytes() == raw
-    assert server.wait(10) == 0
-    stats = _final_stats(log)
+    drop_data(sled, 5)  # 1 MiB: each lost DATA stalls its batch for ~1 s
+    _, result = boot_once(lab, srv, sled, images["small"], tmp_path, timeout=150,
+                          server_args=("--repair", "off"))
+    stats = _final_stats(tmp_path / "server.log")
     assert stats.get("repairs", 0) == 0 and stats.get("repair_frames", 0) == 0, stats
     assert result["duplicates"] == 0
     assert result["retransmits"] == dropped_frames(sled) > 0
@@ -84,17 +71,10 @@ def test_lost_reads_are_left_to_the_client_and_bounded(lab: Lab, images: dict,
     """READs lost on the way to the server: a repair of the batch before
     brings nothing but duplicates, the boot completes on the client's timer."""
     srv, sled = lab.pair()
-    img, raw = images["big"]
     drop_data(srv, 5, msg_type=0x9003)  # at the SERVER's ingress
-    log = tmp_path / "server.log"
-    server = bootserver(lab, srv, ["-s", "--json", srv.ifname, str(img), "any"], log)
-    wait_listening(log)
-    status, result, saved = netboot(sled, img, tmp_path, timeout=150)
-    assert status == 0 and result["verified"], result
-    assert saved.read_bytes() == raw
-    assert server.wait(10) == 0
+    _, result = boot_once(lab, srv, sled, images["big"], tmp_path, timeout=150)
     lost_reads = dropped_frames(srv)
-    stats = _final_stats(log)
+    stats = _final_stats(tmp_path / "server.log")
     assert lost_reads > 0 and result["retransmits"] > 0
     # Every round resends at most what one READ asked for (128 offsets), and
     # the client drops no more than the repairs and its re-asks brought.
