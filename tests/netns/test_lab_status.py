@@ -86,7 +86,8 @@ def test_metrics_status_and_health_of_a_real_boot(lab: Lab, images: dict,
     server = bootserver(lab, srv, ["--json", "--listen", "127.0.0.1:0", srv.ifname,
                                    str(served), "any"], log)
     url = listening(log)
-    assert healthz(srv, url) == (200, [])
+    # "starting" (503) until the loop's first status publication.
+    wait_for(lambda: healthz(srv, url) == (200, []), 10, "the server to be healthy")
     rc, result, _ = netboot(sled, img, tmp_path)
     assert rc == 0 and result["verified"], result
     mac = sled.mac()
