@@ -333,6 +333,55 @@ def test_parallel_zlib_keeps_no_reference_to_fed_buffers() -> None:
     assert inflate_one_stream(b"".join(out)) == data
 
 
+def zlib_run(data: bytes, *, threads: int, feed: int, block: int = BLOCK,
+             level: int = DEFAULT_ZLIB_LEVEL) -> tuple[bytes, int]:
+    """ParallelZlib's stream of `data` fed in `feed`-byte cuts, and how
+    many zero chunks it reused."""
+    out: list[bytes] = []
+    enc = ParallelZlib(out.append, level, threads=threads, block=block)
+    try:
+        for i in range(0, len(data), feed):
+            enc.feed(data[i:i + feed])
+        enc.finish()
+    finally:
+        enc.close()
+    return b"".join(out), enc.reused_zero_chunks
+
+
+def test_zero_chunks_are_reused_and_the_stream_is_unchanged() -> None:
+    # A trimmed pool: data, then zero chunks (one with a single byte set at
+    # its very end, which must not be taken for zeros), then a short zero
+    # tail. Reused or not, every chunk is the piece deflate makes of it.
+    block = 256 * 1024
+    near_zero = bytearray(block)
+    near_zero[-1] = 1
+    data = mixed(block, seed=3) + bytes(3 * block) + bytes(near_zero) + bytes(block) + bytes(999)
+    parts = [data[i:i + block] for i in range(0, len(data), block)]
+    expected = check_pieces_stream(parts, data, DEFAULT_ZLIB_LEVEL)
+    for threads, feed in ((1, block), (2, 65_537), (2, 3 * block + 5)):
+        stream, reused = zlib_run(data, threads=threads, feed=feed, block=block)
+        assert stream == expected, (threads, feed)
+        # 4 whole zero chunks and the zero tail (a chunk of its own size),
+        # never the near-zero chunk.
+        assert reused == 5, (threads, feed)
+    for level in (ISAL_FAST_LEVEL, 9):
+        stream, reused = zlib_run(data, threads=2, feed=block, block=block, level=level)
+        assert reused == 5 and inflate_one_stream(stream) == data, level
+
+
+def test_reused_zero_chunks_keep_their_order_behind_a_slow_chunk(monkeypatch) -> None:
+    # More zero chunks than the queue may hold wait behind chunks still being
+    # compressed: they stay in order, and the queue stays within its bound.
+    import oxboot.codec.deflate as deflate
+
+    monkeypatch.setattr(deflate, "MAX_QUEUED", 3)
+    block = 64 * 1024
+    data = rand(block, seed=5) + bytes(10 * block) + rand(block, seed=6) + bytes(5 * block)
+    stream, reused = zlib_run(data, threads=2, feed=block, block=block)
+    assert reused == 15
+    assert inflate_one_stream(stream) == data
+
+
 def test_parallel_zlib_bad_level() -> None:
     for level in (0, 10, -1):
         with pytest.raises(ImageError):
