@@ -155,6 +155,16 @@ def dataset() -> Path:
     return ensure_dataset(size)
 
 
+@pytest.fixture(scope="session")
+def original():  # -> originals.OriginalTools
+    """The original mkimage and lookimage, rebuilt and checked against the
+    golden vectors (bench/originals.py)."""
+    import originals
+    from dataset import default_cache_dir
+
+    return originals.build(default_cache_dir())
+
+
 def _machine() -> dict[str, object]:
     cpu = "unknown"
     try:

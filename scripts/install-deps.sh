@@ -11,9 +11,15 @@ cd "$(dirname "$0")/.."
 # groff-base (groff's man macros, without X11) and man-db: the manual pages'
 # rendering test. tshark (with dumpcap): the Wireshark dissector's test
 # (contrib/wireshark/oxboot.lua) captures a boot and decodes it. tmux: the
-# live status table's test in a real terminal.
+# live status table's test in a real terminal. librust-flate2-dev and
+# librust-sha2-dev: the crates (the golden vectors' versions) the benchmarks
+# rebuild the original tools with (bench/originals.py), with Debian's cargo
+# where no Rust toolchain is installed.
 PKGS=(gcc libssl-dev zlib1g-dev libdeflate-dev iproute2 nftables netsniff-ng e2fsprogs util-linux openssl
-      groff-base man-db tshark tmux)
+      groff-base man-db tshark tmux librust-flate2-dev librust-sha2-dev)
+if ! command -v cargo >/dev/null && [ ! -x "$HOME/.cargo/bin/cargo" ]; then
+    PKGS+=(cargo)
+fi
 missing=()
 for p in "${PKGS[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")

@@ -18,12 +18,13 @@ FLOORS = {k: v for k, v in json.loads((BENCH / "floors.json").read_text()).items
 
 def recorded() -> set[str]:
     """Every figure name the benchmarks pass to record() (directly, or
-    through conftest.vs_hash_or_copy)."""
+    through conftest.vs_hash_or_copy or test_helios.lookimage_vs_original)."""
     names: set[str] = set()
     for path in BENCH.glob("test_*.py"):
         text = path.read_text()
-        names |= set(re.findall(r'(?:record\(|vs_hash_or_copy\(\s*benchmark,)\s*"([a-z0-9_]+)"',
-                                text))
+        names |= set(re.findall(
+            r'(?:record\(|(?:vs_hash_or_copy|lookimage_vs_original)\(\s*benchmark,)'
+            r'\s*"([a-z0-9_]+)"', text))
     return names
 
 
