@@ -21,7 +21,16 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import QUICK, knob, netboot_image, note, record, script, self_test_skip
+from conftest import (
+    QUICK,
+    boot_together,
+    knob,
+    netboot_image,
+    note,
+    record,
+    script,
+    self_test_skip,
+)
 
 from oxboot.netlab import Host, Lab, wait_for
 
@@ -184,11 +193,6 @@ def test_faithful_client_boot_vs_trafgen(lab: Lab, image: Path, tmp_path: Path) 
            image_bytes=results[0]["image_size"])
 
 
-#: `oxboot netboot ARGS`, once imported, held until a line arrives on stdin.
-_HELD_SLED = ("import sys\nfrom oxboot.cli.netboot import main\n"
-              "print('ready', flush=True)\nsys.stdin.readline()\nsys.exit(main(sys.argv[1:]))")
-
-
 def test_sixteen_sleds_aggregate(lab: Lab, image: Path, tmp_path: Path) -> None:
     self_test_skip("sleds16_aggregate_vs_one")
     n = 16
@@ -198,31 +202,10 @@ def test_sixteen_sleds_aggregate(lab: Lab, image: Path, tmp_path: Path) -> None:
     lab.start(srv, [*script("bootserver"), "--json", srv.ifname, str(image), "any"], log)
     wait_for(lambda: '"event": "image"' in log.read_text(), 30, "server")
     one = _boot(sleds[0], image)
-    # A rack's sleds power on together with their boot client ready: start
-    # 16 emulators, let each import and wait, then release them at once, so
-    # that their interpreters' start-up (~0.1 s of CPU each, on the cores the
-    # server uses here) is not part of the serving time.
-    procs = [subprocess.Popen(s.cmd([sys.executable, "-c", _HELD_SLED, s.ifname, "--want-image",
-                                     str(image), "--json", "-t", "600"]),
-                              stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True)
-             for s in sleds]
-    for p in procs:
-        assert p.stdout is not None and p.stdout.readline() == "ready\n", p.stderr
-    t0 = time.monotonic()
-    c0 = os.times()
-    for p in procs:
-        assert p.stdin is not None
-        p.stdin.write("go\n")
-        p.stdin.flush()
-    results = []
-    for p in procs:
-        out, err = p.communicate(timeout=900)
-        assert p.returncode == 0, (out, err)
-        results.append(json.loads(out.splitlines()[-1]))
-    wall = time.monotonic() - t0
-    c1 = os.times()
-    sleds_cpu = (c1.children_user - c0.children_user) + (c1.children_system - c0.children_system)
+    held = boot_together(sleds, image, 600)
+    assert held.exit_codes == [0] * n, held.errors
+    results = held.results
+    wall, sleds_cpu = held.seconds, held.cpu_seconds
     total = sum(r["image_size"] for r in results)
     # The server's own account: from the first sled's start to the last
     # one's finish. (Wall: from the release to the last emulator's exit,

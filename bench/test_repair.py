@@ -19,7 +19,6 @@ import json
 import os
 import statistics
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -27,6 +26,7 @@ import pytest
 from conftest import (
     QUICK,
     SELF_TEST,
+    boot_together,
     knob,
     netboot_image,
     note,
@@ -146,31 +146,13 @@ def test_clean_boot_repair_on_vs_off(lab: Lab, image: Path, tmp_path: Path) -> N
            image_mib=SIZE // MIB)
 
 
-#: `oxboot netboot ARGS`, once imported, held until a line arrives on stdin.
-_HELD_SLED = ("import sys\nfrom oxboot.cli.netboot import main\n"
-              "print('ready', flush=True)\nsys.stdin.readline()\nsys.exit(main(sys.argv[1:]))")
-
-
 def _boot_together(sleds: list[Host], image: Path, timeout: float) -> tuple[float, list[dict]]:
-    """All sleds released at once (started and imported first): the time
-    until the last is done, and their results."""
-    procs = [subprocess.Popen(s.cmd([sys.executable, "-c", _HELD_SLED, s.ifname, "--want-image",
-                                     str(image), "--json", "-t", str(timeout)]),
-                              stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for s in sleds]
-    for p in procs:
-        assert p.stdout is not None and p.stdout.readline() == "ready\n", p.stderr
-    t0 = time.monotonic()
-    for p in procs:
-        assert p.stdin is not None
-        p.stdin.write("go\n")
-        p.stdin.flush()
-    results = []
-    for p in procs:
-        out, err = p.communicate(timeout=timeout + 120)
-        results.append(json.loads(out.splitlines()[-1]))
-        assert results[-1]["verified"] or SELF_TEST, (results[-1], err)
-    return time.monotonic() - t0, results
+    """All sleds released at once: the time until the last is done, and
+    their results (each verified, except when the self-test slowed them)."""
+    held = boot_together(sleds, image, timeout)
+    for result, err in zip(held.results, held.errors, strict=True):
+        assert result["verified"] or SELF_TEST, (result, err)
+    return held.seconds, held.results
 
 
 def test_eight_sleds_at_5_percent_vs_clean(lab: Lab, image: Path, tmp_path: Path) -> None:
