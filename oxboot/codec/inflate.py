@@ -113,7 +113,8 @@ class _Cutter:
             piece = bytes(buf)
             buf.clear()
             return piece, True
-        piece = bytes(buf[:cut])
+        with memoryview(buf) as view:  # one copy, not two (buf[:cut] is one)
+            piece = bytes(view[:cut])
         del buf[:cut]
         return piece, False
 
@@ -184,6 +185,11 @@ class _Piece:
         self.out = out
         self.ahead = ahead
         self.reuse = reuse
+
+    def ready(self) -> bool:
+        """Whether it can be taken without waiting (unless it must be
+        inflated again)."""
+        return self.reuse is not None or self.ahead is not None and self.ahead.done()
 
     def settle(self, pool: BufferPool) -> None:
         """Wait for the inflate ahead (it writes into ``out``), then give
@@ -282,7 +288,10 @@ def inflate_pieces(src: LimitedReader, image_size: int, step: int, pool: BufferP
         while True:
             if not window and not cut(block=True):
                 break  # stuck: stream the rest
-            while ahead_pool is not None and len(window) <= threads and cut(block=False):
+            # Keep the inflating threads fed, but hand on a piece that is
+            # ready first: the hash, waiting for it, is the critical path.
+            while ahead_pool is not None and len(window) <= threads and \
+                    not window[0].ready() and cut(block=False):
                 pass
             piece = window.popleft()
             off = 0
