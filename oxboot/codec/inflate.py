@@ -5,8 +5,8 @@ A stream made by oxboot (or pigz) is cut after its sync-flush markers and
 each piece inflated by libdeflate in one call, which only takes whole
 buffers but is about 1.5x as fast as zlib-ng's streaming inflate; since
 oxboot's chunks need no dictionary, several pieces are inflated at once on
-every core, and a piece that repeats (a run of zeros) is inflated only
-once or twice. Anything else (the original mkimage's single stream, a piece
+every core, and a run of repeated pieces (zeros) is inflated only at its
+start. Anything else (the original mkimage's single stream, a piece
 too large, corrupt data) goes to the streaming inflater, which then decodes
 it or reports the error.
 """
