@@ -305,7 +305,8 @@ def inflate_pieces(src: LimitedReader, image_size: int, step: int, pool: BufferP
                 alone = True
             elif ahead_pool is None and dict_misses < AHEAD_GIVE_UP:
                 # One thread: the same first attempt, here, so that repeats
-                # are found (the dictionary costs nothing when not needed).
+                # are found; as cheap as with the dictionary for oxboot's
+                # pieces, and given up on as above for pigz's.
                 n, used, piece_adler = inflate.ahead(piece.data, piece.final, piece.out)
                 alone = True
             if not _piece_fits(n, used, piece, produced, image_size):
