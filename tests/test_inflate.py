@@ -11,6 +11,7 @@ sanitizer run catches any stray access.
 
 from __future__ import annotations
 
+import functools
 import io
 import random
 import threading
@@ -20,11 +21,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from support.cbuf import CBuf
-from support.data import MIB, encode, mixed
+from support.data import MIB, encode, mixed, rand
 
 from oxboot import codec
 from oxboot._native import ffi, lib
-from oxboot.codec import BufferPool, decode
+from oxboot.codec import BLOCK, BufferPool, decode
 from oxboot.codec import inflate as codec_inflate
 from oxboot.format import Codec, ImageError
 
@@ -369,3 +370,101 @@ def test_find_sync_matches_bytes_find(buf: bytes, start: int) -> None:
     want = buf.find(SYNC, start) if start <= len(buf) else -1
     with CBuf(len(buf), buf) as b:
         assert lib.ox_find_sync(b.ptr, len(buf), start) == want
+
+
+# ---- repeated pieces: inflated once or twice, then reused ------------------------------
+
+
+@functools.cache
+def _zero_runs() -> tuple[bytes, bytes, bytes]:
+    """(raw data, its stream, the piece a chunk of zeros comes to): a small
+    recovery image: a chunk of data, 12 chunks of zeros (4 MiB, oxboot's
+    own: each ~4 KiB compressed, a piece of its own), data, 8 more zeros."""
+    data = mixed(BLOCK, seed=31) + bytes(12 * BLOCK) + mixed(BLOCK, seed=32) + \
+        bytes(8 * BLOCK) + mixed(MIB // 2, seed=33)
+    zero_piece = encode(bytes(BLOCK))[2:-6]  # without header, final block, trailer
+    assert zero_piece.endswith(SYNC)
+    return data, encode(data), zero_piece
+
+
+def test_repeated_pieces_are_reused(monkeypatch: pytest.MonkeyPatch, threads: int) -> None:
+    data, stream, zero_piece = _zero_runs()
+    assert stream.count(zero_piece) == 20
+    log = InflateLog(monkeypatch)
+    pool = BufferPool(count=6, size=BLOCK)
+    held: list[tuple[int, memoryview]] = []  # the blocks not from the pool, kept to the end
+    out = bytearray()
+    for block in decode(Codec.ZLIB, io.BytesIO(stream), len(stream), len(data), pool=pool,
+                        threads=threads):
+        if isinstance(block, memoryview) and isinstance(block.obj, bytes):
+            held.append((len(out), block))
+        out += block
+        pool.give(block)
+    assert out == data
+    # A reused output is immutable: still right after every later piece.
+    assert held
+    for at, block in held:
+        assert block == data[at:at + len(block)]
+    # 12 + 8 zero pieces: the first two of each run inflated, and those cut
+    # before the second was taken (at most `threads` + 1 ahead); 3 others.
+    calls = len(log.calls)
+    assert calls <= 3 + 2 * (2 + threads + 1) + 1
+    assert len(held) >= 20 - 2 * (2 + threads + 1)
+    assert len(held) + calls == 23 + 1  # every piece inflated or reused; the final block
+
+
+def test_a_repeated_piece_needing_its_dictionary_is_inflated_each_time(
+        monkeypatch: pytest.MonkeyPatch, threads: int) -> None:
+    # A few literals and a match reaching 32000 bytes back, before the
+    # piece: repeated, the same bytes every time, but each copy's match
+    # lands 82 bytes further on in the history, so no two outputs are alike.
+    rng = random.Random(41)
+    history = rng.randbytes(40_000)
+    literals = rng.randbytes(50)
+    zdict = history[-32768:]
+    at = len(zdict) + len(literals) - 32_000
+    c = zlib.compressobj(9, zlib.DEFLATED, -15, zdict=zdict)
+    copy = c.compress(literals + zdict[at:at + 32]) + c.flush(zlib.Z_SYNC_FLUSH)
+    with pytest.raises(zlib.error, match="too far back"):  # it needs its dictionary
+        zlib.decompressobj(-15).decompress(copy)
+    # The copies a piece (at least PIECE_MIN bytes) is cut from; six such.
+    per_piece = -(-codec_inflate.PIECE_MIN // len(copy))
+    c = zlib.compressobj(9, zlib.DEFLATED, -15)
+    raw = c.compress(history) + c.flush(zlib.Z_SYNC_FLUSH) + copy * (6 * per_piece) + \
+        b"\x03\x00"
+    data = zlib.decompressobj(-15).decompress(raw)
+    out_len = per_piece * (len(literals) + 32)
+    outputs = {data[len(history) + i * out_len:][:out_len] for i in range(6)}
+    assert len(outputs) == 6
+    stream = b"\x78\x9c" + raw + zlib.adler32(data).to_bytes(4, "big")
+    log = InflateLog(monkeypatch)
+    assert decode_all(stream, len(data), BufferPool(count=4, size=MIB), threads)[0] == data
+    # Each of them inflated here with its dictionary (and then the end).
+    assert log.count("MainThread", with_dict=True, ok=True) >= 6
+
+
+@pytest.mark.parametrize("repeat", [0, 1, 2, 11])
+@pytest.mark.parametrize("where", [0, 2000, -100])
+def test_a_corrupt_copy_of_a_repeated_piece_is_caught(threads: int, repeat: int,
+                                                      where: int) -> None:
+    data, stream, zero_piece = _zero_runs()
+    at = -1
+    for _ in range(repeat + 1):
+        at = stream.index(zero_piece, at + 1)
+    broken = bytearray(stream)
+    broken[at + where % len(zero_piece)] ^= 0x10
+    assert outcome(bytes(broken), len(data), None) == ("error", b"")
+    assert outcome(bytes(broken), len(data), BufferPool(count=6, size=BLOCK),
+                   threads) == ("error", b"")
+
+
+def test_the_original_single_stream_of_zeros_is_streamed(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # The original mkimage's: one stream, no markers, longer than a piece.
+    data = rand(9 * MIB, seed=34) + bytes(24 * MIB)
+    stream = zlib.compress(data, 1)
+    assert SYNC not in stream[2:]
+    log = InflateLog(monkeypatch)
+    assert decode_all(stream, len(data), BufferPool(count=4, size=2 * MIB), threads=2) == \
+        (data, 0)
+    assert log.calls == []

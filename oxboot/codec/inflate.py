@@ -5,7 +5,8 @@ A stream made by oxboot (or pigz) is cut after its sync-flush markers and
 each piece inflated by libdeflate in one call, which only takes whole
 buffers but is about 1.5x as fast as zlib-ng's streaming inflate; since
 oxboot's chunks need no dictionary, several pieces are inflated at once on
-every core. Anything else (the original mkimage's single stream, a piece
+every core, and a run of repeated pieces (zeros) is inflated only at its
+start. Anything else (the original mkimage's single stream, a piece
 too large, corrupt data) goes to the streaming inflater, which then decodes
 it or reports the error.
 """
@@ -112,23 +113,83 @@ class _Cutter:
             piece = bytes(buf)
             buf.clear()
             return piece, True
-        piece = bytes(buf[:cut])
+        with memoryview(buf) as view:  # one copy, not two (buf[:cut] is one)
+            piece = bytes(view[:cut])
         del buf[:cut]
         return piece, False
 
 
+class _Alone:
+    """What a piece inflated without a dictionary came to. That depends on
+    its bytes alone (libdeflate refuses a match reaching back before them),
+    so a later piece of the same bytes comes to the same: output, input
+    used and Adler-32."""
+
+    __slots__ = ("data", "final", "n", "used", "adler", "out")
+
+    def __init__(self, data: bytes, final: bool, n: int, used: int, adler: int) -> None:
+        self.data = data
+        self.final = final
+        self.n = n
+        self.used = used
+        self.adler = adler
+        self.out: bytes | None = None  # a copy of the output, once the piece repeats
+
+    def same(self, data: bytes, final: bool) -> bool:
+        # bytes == compares the lengths first, then memcmp: a piece of
+        # another size costs nothing, one of the same size a few KiB.
+        return self.final == final and self.data == data
+
+
+class _Memo:
+    """The last distinct piece taken that inflated without a dictionary,
+    and, from its second occurrence on, a copy of its output, which its
+    later repeats are given instead of being inflated again: a recovery
+    image is mostly 4 MiB chunks of zeros, each the same ~4 KiB piece.
+
+    One piece and one copy (at most PIECE_MAX + PIECE_OUT bytes), so memory
+    stays flat; the copy is immutable bytes, never a pool buffer, so the
+    consumer may hold it as long as it likes. Used on one thread only."""
+
+    def __init__(self) -> None:
+        self.last: _Alone | None = None
+
+    def find(self, data: bytes, final: bool) -> _Alone | None:
+        """The output for a piece of these bytes, if it is kept."""
+        last = self.last
+        return last if last is not None and last.out is not None and \
+            last.same(data, final) else None
+
+    def taken(self, data: bytes, final: bool, n: int, used: int, adler: int,
+              view: memoryview) -> None:
+        """A piece that inflated without a dictionary into `view` was taken."""
+        last = self.last
+        if last is None or not last.same(data, final):
+            self.last = _Alone(data, final, n, used, adler)
+        elif last.out is None:
+            last.out = bytes(view)  # it repeats: worth keeping
+
+
 class _Piece:
     """A piece cut from the stream, its output buffer, and its inflate
-    without a dictionary running ahead on another thread (if any)."""
+    without a dictionary running ahead on another thread (if any), or the
+    output of an earlier piece of the same bytes (`reuse`)."""
 
-    __slots__ = ("data", "final", "out", "ahead")
+    __slots__ = ("data", "final", "out", "ahead", "reuse")
 
     def __init__(self, data: bytes, final: bool, out: mmap.mmap,
-                 ahead: Future[tuple[int, int, int]] | None) -> None:
+                 ahead: Future[tuple[int, int, int]] | None,
+                 reuse: _Alone | None = None) -> None:
         self.data = data
         self.final = final
         self.out = out
         self.ahead = ahead
+        self.reuse = reuse
+
+    def ready(self) -> bool:
+        """Whether it can be taken without waiting (unless it must be
+        inflated again)."""
+        return self.reuse is not None or self.ahead is not None and self.ahead.done()
 
     def settle(self, pool: BufferPool) -> None:
         """Wait for the inflate ahead (it writes into ``out``), then give
@@ -178,7 +239,13 @@ def inflate_pieces(src: LimitedReader, image_size: int, step: int, pool: BufferP
     its start, so it starts on a real block boundary. Where it fails (a
     pigz-style stream whose pieces do refer back, a marker that was data),
     the piece is inflated again here with its dictionary; after a couple of
-    such streams' pieces, nothing more is inflated ahead.
+    such streams' pieces, nothing more is inflated ahead. With one thread,
+    the same attempt without a dictionary is made here, in turn.
+
+    A piece of the same bytes as the last one that inflated without a
+    dictionary comes to the same output (see :class:`_Memo`): once two
+    have been taken, the pieces cut after that are not inflated again but
+    given a copy of that output, and only its Adler-32 is combined in.
     """
     head = src.read(2)
     if len(head) < 2 or not _plain_zlib_header(head):
@@ -190,6 +257,7 @@ def inflate_pieces(src: LimitedReader, image_size: int, step: int, pool: BufferP
     ahead_pool = ThreadPoolExecutor(threads, thread_name_prefix="inflate") if threads > 1 \
         else None
     window: deque[_Piece] = deque()  # cut, not yet taken; the first is next
+    memo = _Memo()
     dict_misses = 0  # pieces that needed their dictionary: not worth inflating ahead
     zdict = b""
     adler = 1
@@ -209,33 +277,48 @@ def inflate_pieces(src: LimitedReader, image_size: int, step: int, pool: BufferP
             pool.give(memoryview(out))
             return False
         data, final = got
+        reuse = memo.find(data, final)
         job = None
-        if ahead_pool is not None and dict_misses < AHEAD_GIVE_UP:
+        if reuse is None and ahead_pool is not None and dict_misses < AHEAD_GIVE_UP:
             job = ahead_pool.submit(inflate.ahead, data, final, out)
-        window.append(_Piece(data, final, out, job))
+        window.append(_Piece(data, final, out, job, reuse))
         return True
 
     try:
         while True:
             if not window and not cut(block=True):
                 break  # stuck: stream the rest
-            while ahead_pool is not None and len(window) <= threads and cut(block=False):
+            # Keep the inflating threads fed, but hand on a piece that is
+            # ready first: the hash, waiting for it, is the critical path.
+            while ahead_pool is not None and len(window) <= threads and \
+                    not window[0].ready() and cut(block=False):
                 pass
             piece = window.popleft()
             off = 0
             n = used = INFLATE_ERROR
-            piece_adler = None
-            if piece.ahead is not None:
+            piece_adler = None  # known if it inflated without a dictionary
+            alone = False  # whether that was tried
+            if piece.reuse is not None:
+                n, used, piece_adler = piece.reuse.n, piece.reuse.used, piece.reuse.adler
+            elif piece.ahead is not None:
                 n, used, piece_adler = piece.ahead.result()
+                alone = True
+            elif ahead_pool is None and dict_misses < AHEAD_GIVE_UP:
+                # One thread: the same first attempt, here, so that repeats
+                # are found; as cheap as with the dictionary for oxboot's
+                # pieces, and given up on as above for pigz's.
+                n, used, piece_adler = inflate.ahead(piece.data, piece.final, piece.out)
+                alone = True
             if not _piece_fits(n, used, piece, produced, image_size):
                 piece_adler = None
+                piece.reuse = None
                 # Again, here, with the dictionary; a marker that was data
                 # joins the piece to the next, up to PIECE_RETRIES times.
                 for retry in range(PIECE_RETRIES + 1):
                     off = len(zdict)
                     n, used = inflate(zdict, piece.data, piece.final, piece.out)
                     if _piece_fits(n, used, piece, produced, image_size):
-                        if retry == 0 and piece.ahead is not None:
+                        if retry == 0 and alone:
                             dict_misses += 1
                         break
                     if n != INFLATE_ERROR or piece.final or retry == PIECE_RETRIES:
@@ -259,11 +342,18 @@ def inflate_pieces(src: LimitedReader, image_size: int, step: int, pool: BufferP
                     rest = piece.data
                     pool.give(memoryview(piece.out))
                     break  # the streaming inflater decides
-            view = memoryview(piece.out)[off:off + n]
+            if piece.reuse is not None:
+                assert piece.reuse.out is not None
+                view = memoryview(piece.reuse.out)  # not a pool buffer: give() ignores it
+                pool.give(memoryview(piece.out))
+            else:
+                view = memoryview(piece.out)[off:off + n]
             if piece_adler is None:
                 adler = adler32(view, adler)
             else:
                 adler = adler32_combine(adler, piece_adler, n)
+                if piece.reuse is None:
+                    memo.taken(piece.data, piece.final, n, used, piece_adler, view)
             produced += n
             if n >= _DICT:
                 zdict = bytes(view[n - _DICT:])
