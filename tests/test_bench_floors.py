@@ -1,6 +1,7 @@
 """bench/floors.json is complete and keeps the rules CI's benchmarks rest on:
 every figure a benchmark records has a floor, every floor is recorded, a
-quick floor sits within 35% of its target, and each floor either names the
+quick floor sits within 35% of its target (unless the floor says why this
+machine cannot reach the target), and each floor either names the
 option that proves it bites or says why none can."""
 
 from __future__ import annotations
@@ -41,7 +42,12 @@ def test_floor_is_well_formed(name: str) -> None:
         if limit is None:
             continue
         assert isinstance(limit, int | float)
-        if f["kind"] == "min":
+        if "unmet" in f:
+            # A target this machine cannot reach (floors.json says why): the
+            # floor guards what is reached, on the lenient side of the target.
+            assert len(f["unmet"]) > 40, name
+            assert (limit < target) if f["kind"] == "min" else (limit > target), (name, limit)
+        elif f["kind"] == "min":
             # A floor at or below its target, and quick mode within 35% of it.
             assert limit >= 0.65 * target, (name, limit, target)
         else:
