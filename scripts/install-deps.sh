@@ -40,3 +40,7 @@ PY=${PYTHON:-python3}
     "setuptools>=65" "cffi>=1.16" wheel
 "$PY" -m pip install -q --disable-pip-version-check --root-user-action=ignore \
     --no-build-isolation -e ".[test]"
+# An editable install writes no bytecode, and where PYTHONDONTWRITEBYTECODE
+# is set no run does either: compiled once here, as a wheel's install does,
+# so that every command does not compile its modules again (~10 ms).
+"$PY" -m compileall -q oxboot
