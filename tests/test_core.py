@@ -1086,7 +1086,9 @@ def test_serve_overdue_gaps_resends_and_layouts() -> None:
         t = 10**12
         s.run([_batch_frame(sled, 0)], now_ns=t)
         s.run([_batch_frame(sled, 1)], now_ns=t + 300_000)  # a sample: 0.3 ms
-        wait = max(300_000 + REPAIR_MARGIN_NS, REPAIR_MIN_WAIT_NS)
+        rtt = RoundTrip()
+        rtt.sample(300_000)
+        wait = rtt.wait()  # the sans-I/O rules' wait: the C core's must be the same
         assert lib.ox_serve_wake(s.table) == t + 300_000 + wait
         # A re-ask of two slots: overdue in turn, exactly those offsets.
         s.run([_batch_frame(sled, 1, range(17, 19))], now_ns=t + 10**9)
