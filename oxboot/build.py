@@ -225,11 +225,10 @@ def _write_image(
             if raw > limit:
                 _check_size(raw, target_size)
             block = memoryview(buf)[:n]
+            encoder.feed(block)
             if hash_worker is None:
-                hasher.update(block)
-                encoder.feed(block)
+                hasher.update(block)  # before this thread reads into `buf` again
             else:
-                encoder.feed(block)
                 hash_worker.put((buf, n))
             meter.advance(n)
         if hash_worker is not None:

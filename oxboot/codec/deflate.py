@@ -115,10 +115,9 @@ class ParallelZlib:
         self._block = block
         self._threads = max(1, threads or default_threads())
         self._pool = ThreadPoolExecutor(self._threads, thread_name_prefix="deflate")
-        #: Compressed chunks in order, each with whether a thread compresses
-        #: it (what the memory bound counts: a reused zero chunk holds no
-        #: memory of its own).
-        self._pending: deque[tuple[Future[bytes], bool]] = deque()
+        #: The chunks in order: being compressed (a future, what the memory
+        #: bound counts), or reused zero chunks (their bytes, shared).
+        self._pending: deque[Future[bytes] | bytes] = deque()
         self._busy = 0
         self.reused_zero_chunks = 0
         self._chunk = bytearray(block)
@@ -131,40 +130,35 @@ class ParallelZlib:
             return self._pool.submit(_isal_chunk, chunk)
         return self._pool.submit(_deflate_chunk, self._level, chunk)
 
-    def _zero_chunk(self, size: int) -> Future[bytes]:
+    def _zero_chunk(self, size: int) -> bytes:
         key = (self._isal, self._level, size)
         with _zero_lock:
             data = _zero_chunks.get(key)
             if data is None:
                 data = _zero_chunks[key] = self._compress(_zeros(size)).result()
         self.reused_zero_chunks += 1
-        done: Future[bytes] = Future()
-        done.set_result(data)
-        return done
+        return data
 
-    def _queue_zero_chunk(self, size: int) -> None:
-        self._pending.append((self._zero_chunk(size), False))
-        self._bound()
-
-    def _submit(self, chunk: bytes) -> None:
+    def _submit(self, chunk: bytes | bytearray) -> None:
+        """Queue `chunk` (a bytearray is copied: the caller reuses it)."""
         # memcmp stops at the first non-zero byte: other chunks cost nothing.
         if chunk[:1] == b"\0" and chunk == _zeros(len(chunk)):
-            self._queue_zero_chunk(len(chunk))
-            return
-        self._pending.append((self._compress(chunk), True))
-        self._busy += 1
-        self._bound()
-
-    def _bound(self) -> None:
+            self._pending.append(self._zero_chunk(len(chunk)))
+        else:
+            self._pending.append(self._compress(bytes(chunk)))
+            self._busy += 1
         # Bounded memory: at most two chunks being compressed per thread
         # (and at most MAX_QUEUED reused ones waiting behind them).
         while self._busy > 2 * self._threads or len(self._pending) > MAX_QUEUED:
             self._sink_oldest()
 
     def _sink_oldest(self) -> None:
-        fut, compressed = self._pending.popleft()
-        self._busy -= compressed
-        self._sink(fut.result())
+        item = self._pending.popleft()
+        if isinstance(item, bytes):
+            self._sink(item)
+        else:
+            self._busy -= 1
+            self._sink(item.result())
 
     def feed(self, block: bytes | memoryview) -> None:
         view = memoryview(block).cast("B")
@@ -183,18 +177,12 @@ class ParallelZlib:
             self._fill += take
             view = view[take:]
             if self._fill == size:
-                self._submit_chunk()
-
-    def _submit_chunk(self) -> None:
-        chunk, self._fill = self._chunk, 0
-        if len(chunk) == len(_ZEROS) and chunk == _ZEROS:  # bytearray == bytes: memcmp
-            self._queue_zero_chunk(len(chunk))
-        else:
-            self._submit(bytes(chunk))
+                self._submit(self._chunk)
+                self._fill = 0
 
     def finish(self) -> None:
         if self._fill:
-            self._submit(bytes(self._chunk[:self._fill]))
+            self._submit(self._chunk[:self._fill])
             self._fill = 0
         while self._pending:
             self._sink_oldest()
@@ -202,7 +190,8 @@ class ParallelZlib:
         self._sink(b"\x03\x00" + struct.pack(">I", self._adler))
 
     def close(self) -> None:
-        for fut, _ in self._pending:
-            fut.cancel()
+        for item in self._pending:
+            if isinstance(item, Future):
+                item.cancel()
         self._pending.clear()
         self._pool.shutdown(wait=True, cancel_futures=True)
