@@ -122,6 +122,23 @@ def record(name: str, ratio: float, **details: object) -> None:
     assert ok, f"{name} = {ratio:.3f}, floor {floor['kind']} {limit}"
 
 
+class Figures:
+    """Figures a benchmark records together: each one whatever those before
+    it showed, the floors they broke asserted at the end (:meth:`check`)."""
+
+    def __init__(self) -> None:
+        self.broken: list[str] = []
+
+    def record(self, name: str, ratio: float, **details: object) -> None:
+        try:
+            record(name, ratio, **details)
+        except AssertionError as e:
+            self.broken.append(str(e))
+
+    def check(self) -> None:
+        assert not self.broken, self.broken
+
+
 def note(name: str, **values: object) -> None:
     """A measurement with no floor (context for BENCHMARKS.md)."""
     MEASUREMENTS[name] = values

@@ -21,6 +21,7 @@ import pytest
 from conftest import (
     FLOORS,
     QUICK,
+    Figures,
     interleaved,
     knob,
     record,
@@ -98,20 +99,14 @@ def test_recovery_mkimage_z(benchmark, recovery: Path, original, tmp_path: Path)
                                     lambda: timed(lambda: run(base_argv)), ORIGINAL_ROUNDS)
     size = out.stat().st_size - 4096
     reference = theirs.stat().st_size - 4096
-    failed = []
-    try:  # both figures are recorded whatever the first one shows
-        mib = recovery.stat().st_size / 1e6
-        record("recovery_mkimage_z_vs_original", 1 / ratio, seconds=round(ours, 3),
-               original_seconds=round(base, 3), mbps=round(mib / ours, 1),
-               original_mbps=round(mib / base, 1), rounds=ORIGINAL_ROUNDS)
-    except AssertionError as e:
-        failed.append(str(e))
-    try:
-        record("recovery_mkimage_z_size_vs_original", size / reference, bytes=size,
-               original_bytes=reference)
-    except AssertionError as e:
-        failed.append(str(e))
-    assert not failed, failed
+    mb = recovery.stat().st_size / 1e6
+    figures = Figures()
+    figures.record("recovery_mkimage_z_vs_original", 1 / ratio, seconds=round(ours, 3),
+                   original_seconds=round(base, 3), mbps=round(mb / ours, 1),
+                   original_mbps=round(mb / base, 1), rounds=ORIGINAL_ROUNDS)
+    figures.record("recovery_mkimage_z_size_vs_original", size / reference, bytes=size,
+                   original_bytes=reference)
+    figures.check()
 
 
 def lookimage_vs_original(benchmark, figure: str, image: Path, original,
