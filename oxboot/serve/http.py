@@ -57,6 +57,28 @@ def _family(host: str) -> socket.AddressFamily:
         return socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)[0][0]
 
 
+#: The server's totals as counters: (metric, help, key in the document's totals).
+TOTAL_COUNTERS = (
+    ("oxboot_boots_started_total", "Boots started (first READ of a session).", "boots_started"),
+    ("oxboot_boots_finished_total", "Boots finished (FINISHED received).", "boots_finished"),
+    ("oxboot_boots_reset_total", "RESETs sent (a sled made to start over).", "boots_reset"),
+    ("oxboot_data_frames_sent_total", "DATA frames sent.", "frames_sent"),
+    ("oxboot_data_bytes_sent_total",
+     "DATA payload bytes sent (image bytes; each resend counted again).", "bytes_sent"),
+    ("oxboot_reads_total", "READs answered.", "reads"),
+    ("oxboot_offsets_reasked_total",
+     "Offsets a READ asked for again (lost DATA, as the sleds see it).", "offsets_reasked"),
+    ("oxboot_repeated_reads_total", "READs that asked again for at least one offset.",
+     "repeated_reads"),
+    ("oxboot_lossy_link_warnings_total", "lossy_link warnings given.", "lossy_link_warnings"),
+    ("oxboot_sources_blocked_total", "Hosts blocked for flooding.", "sources_blocked_total"),
+    ("oxboot_rx_frames_total", "Frames the receive sockets got.", "rx_frames"),
+    ("oxboot_rx_dropped_total", "Frames the kernel dropped for a full receive queue.", "rx_drops"),
+    ("oxboot_rx_policed_total", "Frames over a host's rate, dropped.", "rx_policed"),
+    ("oxboot_tx_errors_total", "Failed DATA transmissions.", "tx_errors"),
+)
+
+
 class MetricsCollector(Collector):
     """The status document as Prometheus metrics (prometheus-client calls
     :meth:`collect` on each scrape, on the listener's thread)."""
@@ -71,38 +93,11 @@ class MetricsCollector(Collector):
         images: list = doc.get("images", [])  # type: ignore[assignment]
         sleds: list = doc.get("sleds", [])  # type: ignore[assignment]
 
-        def counter(name: str, doc_: str, key: str) -> CounterMetricFamily:
-            return CounterMetricFamily(name, doc_, value=totals.get(key, 0))
-
         def gauge(name: str, doc_: str, value: float) -> GaugeMetricFamily:
             return GaugeMetricFamily(name, doc_, value=value)
 
-        yield counter("oxboot_boots_started_total", "Boots started (first READ of a session).",
-                      "boots_started")
-        yield counter("oxboot_boots_finished_total", "Boots finished (FINISHED received).",
-                      "boots_finished")
-        yield counter("oxboot_boots_reset_total", "RESETs sent (a sled made to start over).",
-                      "boots_reset")
-        yield counter("oxboot_data_frames_sent_total", "DATA frames sent.", "frames_sent")
-        yield counter("oxboot_data_bytes_sent_total",
-                      "DATA payload bytes sent (image bytes; each resend counted again).",
-                      "bytes_sent")
-        yield counter("oxboot_reads_total", "READs answered.", "reads")
-        yield counter("oxboot_offsets_reasked_total",
-                      "Offsets a READ asked for again (lost DATA, as the sleds see it).",
-                      "offsets_reasked")
-        yield counter("oxboot_repeated_reads_total",
-                      "READs that asked again for at least one offset.", "repeated_reads")
-        yield counter("oxboot_lossy_link_warnings_total", "lossy_link warnings given.",
-                      "lossy_link_warnings")
-        yield counter("oxboot_sources_blocked_total", "Hosts blocked for flooding.",
-                      "sources_blocked_total")
-        yield counter("oxboot_rx_frames_total", "Frames the receive sockets got.", "rx_frames")
-        yield counter("oxboot_rx_dropped_total",
-                      "Frames the kernel dropped for a full receive queue.", "rx_drops")
-        yield counter("oxboot_rx_policed_total", "Frames over a host's rate, dropped.",
-                      "rx_policed")
-        yield counter("oxboot_tx_errors_total", "Failed DATA transmissions.", "tx_errors")
+        for name, text, key in TOTAL_COUNTERS:
+            yield CounterMetricFamily(name, text, value=totals.get(key, 0))
         yield gauge("oxboot_sources_blocked", "Hosts whose frames are dropped now (flooding).",
                     totals.get("sources_blocked", 0))
         yield gauge("oxboot_sleds_booting", "Sleds booting now (stalled ones included).",
